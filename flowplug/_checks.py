@@ -1,0 +1,53 @@
+"""Input validation shared by flowplug's components: errors that name the offending shape, dtype or value."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_finite", "check_floating", "check_image", "check_same_shape"]
+
+
+def check_floating(x: torch.Tensor, name: str) -> None:
+    """Raise ``TypeError`` unless ``x`` is a floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating-point dtype (float32, float64, ...), got {x.dtype}; "
+            "convert integer images with x.float() (and dequantise them first for likelihoods)"
+        )
+
+
+def check_image(x: torch.Tensor, name: str, *, even: bool = False, divisor: int = 1) -> None:
+    """Raise unless ``x`` is a floating ``(B, C, H, W)`` tensor whose H and W are divisible as asked.
+
+    ``even=True`` is ``divisor=2``. Errors are ``TypeError`` for the dtype and ``ValueError`` for the shape.
+    """
+    check_floating(x, name)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be a 4-d image batch (B, C, H, W), got shape {tuple(x.shape)}")
+    divisor = max(divisor, 2 if even else 1)
+    height, width = x.shape[-2:]
+    if divisor > 1 and (height % divisor or width % divisor):
+        what = "even" if divisor == 2 else f"divisible by {divisor}"
+        raise ValueError(
+            f"{name} height and width must be {what}, got H={height}, W={width} (shape {tuple(x.shape)})"
+        )
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` naming both shapes unless they are equal."""
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not match")
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinite values, saying how many and where the first is."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()
+        first = tuple(bad[0].tolist())
+        raise ValueError(
+            f"{name} holds {bad.shape[0]} non-finite value(s) (NaN or inf); first at index {first}: "
+            f"{x[first].item()}"
+        )

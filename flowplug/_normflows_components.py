@@ -1,0 +1,73 @@
+"""Registers normflows' layers so that one spec can mix them with flowplug's components.
+
+Layers whose constructor takes only plain values are registered as they are. Layers that take a network
+(``AffineCouplingBlock``) get a small factory that builds normflows' own ``ConvNet2d``/``MLP`` from widths.
+Imported by :mod:`flowplug.registry` on first use, never by users.
+"""
+
+from __future__ import annotations
+
+import normflows as nf
+
+from flowplug.registry import register
+
+__all__: list[str] = []
+
+_SOURCE = "normflows"
+
+for _name, _factory in {
+    "glow_block": nf.flows.GlowBlock,
+    "act_norm": nf.flows.ActNorm,
+    "affine_const": nf.flows.AffineConstFlow,
+    "invertible_1x1_conv": nf.flows.Invertible1x1Conv,
+    "invertible_affine": nf.flows.InvertibleAffine,
+    "permute": nf.flows.Permute,
+    "lu_linear_permute": nf.flows.LULinearPermute,
+    "squeeze": nf.flows.Squeeze,
+    "split": nf.flows.Split,
+    "merge": nf.flows.Merge,
+    "planar": nf.flows.Planar,
+    "radial": nf.flows.Radial,
+    "masked_affine_autoregressive": nf.flows.MaskedAffineAutoregressive,
+    "coupled_rational_quadratic_spline": nf.flows.CoupledRationalQuadraticSpline,
+    "autoregressive_rational_quadratic_spline": nf.flows.AutoregressiveRationalQuadraticSpline,
+    "logit": nf.transforms.Logit,
+    "shift": nf.transforms.Shift,
+}.items():
+    register(_name, _factory, source=_SOURCE)
+
+register("diag_gaussian", nf.distributions.DiagGaussian, kind="distribution", source=_SOURCE)
+
+
+@register("affine_coupling_block", source=_SOURCE)
+def affine_coupling_block(
+    channels: int,
+    hidden_channels: int,
+    *,
+    kernel_size: int = 3,
+    scale: bool = True,
+    scale_map: str = "exp",
+    split_mode: str = "channel",
+    leaky: float = 0.0,
+) -> nf.flows.AffineCouplingBlock:
+    """normflows ``AffineCouplingBlock`` on images with a ``ConvNet2d`` (RealNVP's coupling layer).
+
+    The net maps the conditioning half of the channels to a shift (and scale) for the other half through two
+    hidden layers of ``hidden_channels``; its last layer starts at zero so the block starts as the identity.
+    """
+    if split_mode not in ("channel", "channel_inv", "checkerboard", "checkerboard_inv"):
+        raise ValueError(f"unknown split_mode {split_mode!r}")
+    if split_mode.startswith("checkerboard"):
+        in_channels = out_channels = channels
+    else:
+        in_channels, out_channels = (channels + 1) // 2, channels // 2
+        if split_mode == "channel_inv":
+            in_channels, out_channels = out_channels, in_channels
+    num_params = 2 if scale else 1
+    net = nf.nets.ConvNet2d(
+        [in_channels, hidden_channels, hidden_channels, num_params * out_channels],
+        [kernel_size, 1, kernel_size],
+        leaky=leaky,
+        init_zeros=True,
+    )
+    return nf.flows.AffineCouplingBlock(net, scale=scale, scale_map=scale_map, split_mode=split_mode)

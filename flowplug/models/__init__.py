@@ -1,0 +1,1 @@
+"""Whole models with one interface (:class:`flowplug.models.base.FlowModel`): MRCNF and the baselines."""

@@ -1,0 +1,217 @@
+"""Name → component factory registry, and building modules from plain specs.
+
+A *spec* is plain data (what a YAML or JSON file holds):
+
+- a string ``"haar_squeeze"`` builds that component with its defaults;
+- a dict ``{"type": "glow_block", "channels": 8, "hidden_channels": 32}`` builds ``type`` with the other keys
+  as keyword arguments; any argument that is itself a dict with a ``"type"`` key, or a list of such specs, is
+  built first (so a model spec can hold its layers' specs);
+- a list of specs builds a list of modules.
+
+Names come from three places: flowplug's own components (registered when :mod:`flowplug` is imported),
+normflows' layers (registered on first use of the registry, see :mod:`flowplug._normflows_components`), and
+third-party packages that declare an entry point in the ``flowplug.components`` group whose name is the component
+name and whose object is the factory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, TypeVar
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "ComponentInfo",
+    "build",
+    "components",
+    "get_component",
+    "register",
+]
+
+ENTRY_POINT_GROUP = "flowplug.components"
+KINDS = ("flow", "model", "distribution", "net")
+"""What a registered factory builds: a flow layer, a whole model, a base distribution, or a network."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    """One registry entry."""
+
+    name: str
+    factory: Callable[..., Any]
+    kind: str
+    source: str
+    """Where the entry came from: ``"flowplug"``, ``"normflows"`` or the distribution of an entry point."""
+
+    @property
+    def summary(self) -> str:
+        """First line of the factory's docstring."""
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+_registry: dict[str, ComponentInfo] = {}
+_external_loaded = False
+
+
+def register(
+    name: str,
+    factory: F | None = None,
+    *,
+    kind: str = "flow",
+    source: str = "flowplug",
+    overwrite: bool = False,
+) -> Any:
+    """Register ``factory`` under ``name``; used as ``@register("name")`` or ``register("name", factory)``.
+
+    Raises ``ValueError`` if the name is taken (unless ``overwrite``) or ``kind`` is not one of :data:`KINDS`.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"component name must be a non-empty string, got {name!r}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
+
+    def decorator(obj: F) -> F:
+        if not callable(obj):
+            raise TypeError(f"component {name!r}: factory must be callable, got {type(obj).__name__}")
+        if name in _registry and not overwrite and _registry[name].factory is not obj:
+            raise ValueError(
+                f"component name {name!r} is already registered (by {_registry[name].source}); "
+                "pass overwrite=True to replace it"
+            )
+        _registry[name] = ComponentInfo(name=name, factory=obj, kind=kind, source=source)
+        return obj
+
+    return decorator if factory is None else decorator(factory)
+
+
+def _load_external() -> None:
+    """Register normflows' layers and entry-point components, once."""
+    global _external_loaded
+    if _external_loaded:
+        return
+    _external_loaded = True
+    from flowplug import _normflows_components  # noqa: F401  (registers on import)
+
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in _registry:
+            continue
+        dist = getattr(entry_point, "dist", None)
+        source = f"entry point {entry_point.value}" + (f" ({dist.name})" if dist else "")
+        _registry[entry_point.name] = ComponentInfo(
+            name=entry_point.name, factory=_LazyEntryPoint(entry_point), kind="flow", source=source
+        )
+
+
+class _LazyEntryPoint:
+    """Defers importing a third-party component until it is built."""
+
+    def __init__(self, entry_point: metadata.EntryPoint) -> None:
+        self.entry_point = entry_point
+        self._loaded: Callable[..., Any] | None = None
+
+    def load(self) -> Callable[..., Any]:
+        if self._loaded is None:
+            self._loaded = self.entry_point.load()
+        return self._loaded
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+
+def components(kind: str | None = None) -> list[str]:
+    """Sorted names of registered components, optionally only those of one ``kind``."""
+    _load_external()
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
+    return sorted(name for name, info in _registry.items() if kind is None or info.kind == kind)
+
+
+def get_component(name: str) -> ComponentInfo:
+    """Look a component up; an unknown name raises ``ValueError`` listing the closest registered names."""
+    _load_external()
+    if not isinstance(name, str):
+        raise TypeError(f"component name must be a string, got {type(name).__name__}")
+    try:
+        return _registry[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _registry, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"unknown component {name!r}{hint} (flowplug.components() lists all)"
+        ) from None
+
+
+def _factory_signature(info: ComponentInfo) -> inspect.Signature | None:
+    factory = info.factory.load() if isinstance(info.factory, _LazyEntryPoint) else info.factory
+    try:
+        return inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_arguments(info: ComponentInfo, kwargs: Mapping[str, Any]) -> None:
+    signature = _factory_signature(info)
+    if signature is None:
+        return
+    params = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [
+        n for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"component {info.name!r} has no parameter {key!r}{hint} "
+                f"(parameters: {', '.join(accepted) or 'none'})"
+            )
+    missing = [
+        n for n, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and n not in kwargs
+    ]
+    if missing:
+        raise TypeError(f"component {info.name!r} is missing required parameter(s) {', '.join(missing)}")
+
+
+def _is_spec(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return "type" in value
+    if isinstance(value, Sequence) and not isinstance(value, str) and value:
+        return all(_is_spec(v) for v in value)
+    return False
+
+
+def build(spec: str | Mapping[str, Any] | Sequence[Any]) -> Any:
+    """Build a module (or a list of modules) from a spec; see the module docstring for the format."""
+    if isinstance(spec, str):
+        return build({"type": spec})
+    if isinstance(spec, Mapping):
+        if "type" not in spec:
+            raise ValueError(f"spec {dict(spec)!r} has no 'type' key naming the component")
+        info = get_component(spec["type"])
+        kwargs = {
+            key: build(value) if _is_spec(value) else value
+            for key, value in spec.items()
+            if key != "type"
+        }
+        _check_arguments(info, kwargs)
+        return info.factory(**kwargs)
+    if isinstance(spec, Sequence):
+        return [build(item) for item in spec]
+    raise TypeError(
+        f"a spec must be a component name, a dict with a 'type' key, or a list of specs; "
+        f"got {type(spec).__name__}"
+    )

@@ -1,0 +1,241 @@
+"""The unimodular Haar wavelet transform (DESIGN.md §1) as functions and as normflows flows.
+
+Per channel, each 2×2 block ``x1 = x[2i, 2j]``, ``x2 = x[2i, 2j+1]``, ``x3 = x[2i+1, 2j]``,
+``x4 = x[2i+1, 2j+1]`` maps to
+
+    y1 = (x1 + x2 - x3 - x4) / c,   y2 = (x1 - x2 + x3 - x4) / c,   y3 = (x1 - x2 - x3 + x4) / c,
+    xbar = (x1 + x2 + x3 + x4) / 4,                                  c = 2 ** (2/3),
+
+a linear map of determinant exactly 1 (c³ = 4), so every log-determinant here is 0.
+
+Layout: ``haar_decompose`` turns ``(B, C, H, W)`` into ``coarse (B, C, H/2, W/2)`` and band-major
+``details (B, 3C, H/2, W/2)`` with ``details[:, k*C + ch]`` = ``y_{k+1}`` of channel ``ch``. As one tensor
+(:class:`HaarSqueeze`) the channels are ``[coarse, y1, y2, y3]``, i.e. ``(B, 4C, H/2, W/2)``.
+
+Both directions are written as the Hadamard butterfly ``H = [[1,1,1,1],[1,1,-1,-1],[1,-1,1,-1],[1,-1,-1,1]]``
+(``H`` symmetric, ``H H = 4 I``) and a diagonal scaling ``S``: the analysis is ``S H`` with ``S = diag(1/4, 1/c,
+1/c, 1/c)`` and the synthesis is ``H S'`` with ``S' = diag(1, c/4, c/4, c/4)``. The transpose of the one is the
+other form with the same scales, which gives the exact backward passes (and derivatives of any order) without
+autograd recording the strided writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from normflows.flows import Flow
+from torch.autograd import Function
+
+from flowplug._checks import check_floating, check_image
+from flowplug.registry import register
+
+__all__ = [
+    "HAAR_C",
+    "HaarMerge",
+    "HaarSplit",
+    "HaarSqueeze",
+    "haar_decompose",
+    "haar_pyramid",
+    "haar_pyramid_reconstruct",
+    "haar_reconstruct",
+]
+
+HAAR_C = 2.0 ** (2.0 / 3.0)
+"""The detail scale ``c``; ``c**3 == 4`` makes the transform unimodular."""
+
+_ANALYSIS_SCALES = (0.25, 1.0 / HAAR_C)
+_SYNTHESIS_SCALES = (1.0, HAAR_C / 4.0)
+
+
+def _scale_bands(bands: torch.Tensor, coarse_scale: float, detail_scale: float) -> None:
+    """Multiply band 0 of ``(B, 4, ...)`` by ``coarse_scale`` and bands 1–3 by ``detail_scale``, in place."""
+    if coarse_scale != 1.0:
+        bands[:, 0].mul_(coarse_scale)
+    if detail_scale != 1.0:
+        bands[:, 1:].mul_(detail_scale)
+
+
+def _analysis(x: torch.Tensor, coarse_scale: float, detail_scale: float) -> torch.Tensor:
+    """``(B, C, H, W)`` → bands ``(B, 4, C, H/2, W/2)``: ``diag(coarse, detail, detail, detail) · H`` per block."""
+    batch, channels, height, width = x.shape
+    bands = x.new_empty(batch, 4, channels, height // 2, width // 2)
+    rows = x.view(batch, channels, height // 2, 2, width)
+    top, bottom = rows[:, :, :, 0], rows[:, :, :, 1]
+    column_sum = top + bottom  # (x1 + x3, x2 + x4) interleaved along W
+    column_diff = top - bottom  # (x1 - x3, x2 - x4)
+    torch.add(column_sum[..., 0::2], column_sum[..., 1::2], out=bands[:, 0])  # x1 + x2 + x3 + x4
+    torch.add(column_diff[..., 0::2], column_diff[..., 1::2], out=bands[:, 1])  # x1 + x2 - x3 - x4
+    torch.sub(column_sum[..., 0::2], column_sum[..., 1::2], out=bands[:, 2])  # x1 - x2 + x3 - x4
+    torch.sub(column_diff[..., 0::2], column_diff[..., 1::2], out=bands[:, 3])  # x1 - x2 - x3 + x4
+    _scale_bands(bands, coarse_scale, detail_scale)
+    return bands
+
+
+def _synthesis(bands: torch.Tensor, coarse_scale: float, detail_scale: float) -> torch.Tensor:
+    """Bands ``(B, 4, C, h, w)`` → ``(B, C, 2h, 2w)``: ``H · diag(coarse, detail, detail, detail)`` per block."""
+    batch, _, channels, height, width = bands.shape
+    if coarse_scale != 1.0 or detail_scale != 1.0:
+        bands = bands.clone()
+        _scale_bands(bands, coarse_scale, detail_scale)
+    b0, b1, b2, b3 = bands.unbind(1)
+    top = b0 + b1  # shared by x1, x2
+    bottom = b0 - b1  # shared by x3, x4
+    right_plus = b2 + b3
+    right_minus = b2 - b3
+    out = bands.new_empty(batch, channels, height, 2, width, 2)
+    torch.add(top, right_plus, out=out[:, :, :, 0, :, 0])  # x1
+    torch.sub(top, right_plus, out=out[:, :, :, 0, :, 1])  # x2
+    torch.add(bottom, right_minus, out=out[:, :, :, 1, :, 0])  # x3
+    torch.sub(bottom, right_minus, out=out[:, :, :, 1, :, 1])  # x4
+    return out.view(batch, channels, 2 * height, 2 * width)
+
+
+class _Analysis(Function):
+    """Differentiable :func:`_analysis`; its adjoint is :func:`_synthesis` with the same scales."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coarse_scale: float, detail_scale: float) -> torch.Tensor:
+        ctx.scales = (coarse_scale, detail_scale)
+        return _analysis(x.contiguous(), coarse_scale, detail_scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _Synthesis.apply(grad, *ctx.scales), None, None
+
+
+class _Synthesis(Function):
+    """Differentiable :func:`_synthesis`; its adjoint is :func:`_analysis` with the same scales."""
+
+    @staticmethod
+    def forward(ctx, bands: torch.Tensor, coarse_scale: float, detail_scale: float) -> torch.Tensor:
+        ctx.scales = (coarse_scale, detail_scale)
+        return _synthesis(bands.contiguous(), coarse_scale, detail_scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _Analysis.apply(grad, *ctx.scales), None, None
+
+
+def _to_bands(coarse: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
+    check_floating(coarse, "coarse")
+    check_floating(details, "details")
+    if coarse.ndim != 4:
+        raise ValueError(f"coarse must be a 4-d batch (B, C, h, w), got shape {tuple(coarse.shape)}")
+    batch, channels, height, width = coarse.shape
+    if details.shape != (batch, 3 * channels, height, width):
+        raise ValueError(
+            f"details must have shape (B, 3C, h, w) = {(batch, 3 * channels, height, width)} to match "
+            f"coarse {tuple(coarse.shape)}, got {tuple(details.shape)}"
+        )
+    if coarse.dtype != details.dtype or coarse.device != details.device:
+        raise TypeError(
+            f"coarse ({coarse.dtype}, {coarse.device}) and details ({details.dtype}, {details.device}) "
+            "must share dtype and device"
+        )
+    return torch.cat([coarse, details], dim=1).view(batch, 4, channels, height, width)
+
+
+def haar_decompose(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split images ``(B, C, H, W)`` (H, W even) into ``coarse (B, C, H/2, W/2)`` and band-major
+    ``details (B, 3C, H/2, W/2)``. Both outputs are contiguous (views of one buffer)."""
+    check_image(x, "x", even=True)
+    bands = _Analysis.apply(x, *_ANALYSIS_SCALES)
+    batch, _, channels, height, width = bands.shape
+    flat = bands.view(batch, 4 * channels, height, width)
+    return flat[:, :channels], flat[:, channels:]
+
+
+def haar_reconstruct(coarse: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`haar_decompose`: ``coarse (B, C, h, w)`` and ``details (B, 3C, h, w)`` → ``(B, C, 2h, 2w)``."""
+    return _Synthesis.apply(_to_bands(coarse, details), *_SYNTHESIS_SCALES)
+
+
+def haar_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Decompose into ``levels`` resolution levels: ``([y_0, ..., y_{S-2}], x_{S-1})``, finest details first.
+
+    ``x_0 = x`` and ``(y_s, x_{s+1}) = M⁻¹(x_s)``; H and W must be divisible by ``2**(levels-1)``.
+    ``levels=1`` returns ``([], x)``.
+    """
+    if not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be a positive integer, got {levels!r}")
+    check_image(x, "x", divisor=2 ** (levels - 1))
+    details = []
+    for _ in range(levels - 1):
+        x, y = haar_decompose(x)
+        details.append(y)
+    return details, x
+
+
+def haar_pyramid_reconstruct(details: Sequence[torch.Tensor], coarsest: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`haar_pyramid`: rebuild the image from finest-first ``details`` and the coarsest image."""
+    x = coarsest
+    for y in reversed(details):
+        x = haar_reconstruct(x, y)
+    return x
+
+
+def _zero_log_det(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+
+
+@register("haar_squeeze")
+class HaarSqueeze(Flow):
+    """Drop-in for ``normflows.flows.Squeeze`` that applies the unimodular Haar transform.
+
+    ``forward`` (sampling) maps ``(B, 4C, h, w)`` with channels ``[coarse, y1, y2, y3]`` to ``(B, C, 2h, 2w)``;
+    ``inverse`` (density) maps back. ``log_det`` is a zero tensor of shape ``(B,)``.
+    """
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_image(z, "z")
+        batch, channels4, height, width = z.shape
+        if channels4 % 4:
+            raise ValueError(
+                f"HaarSqueeze.forward needs a channel count divisible by 4, got shape {tuple(z.shape)}"
+            )
+        bands = z.reshape(batch, 4, channels4 // 4, height, width)
+        return _Synthesis.apply(bands, *_SYNTHESIS_SCALES), _zero_log_det(z)
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_image(x, "x", even=True)
+        bands = _Analysis.apply(x, *_ANALYSIS_SCALES)
+        batch, _, channels, height, width = bands.shape
+        return bands.view(batch, 4 * channels, height, width), _zero_log_det(x)
+
+
+@register("haar_merge")
+class HaarMerge(Flow):
+    """Haar merge for ``normflows.MultiscaleFlow`` ``merges``.
+
+    ``forward([coarse (B,C,h,w), details (B,3C,h,w)])`` returns the image ``(B, C, 2h, 2w)``;
+    ``inverse(image)`` returns ``[coarse, details]``. ``log_det`` is a zero tensor of shape ``(B,)``.
+    """
+
+    def forward(self, z: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        coarse, details = _pair(z, "HaarMerge.forward")
+        return haar_reconstruct(coarse, details), _zero_log_det(coarse)
+
+    def inverse(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        coarse, details = haar_decompose(x)
+        return [coarse, details], _zero_log_det(x)
+
+
+@register("haar_split")
+class HaarSplit(Flow):
+    """Mirror of :class:`HaarMerge`: ``forward(image)`` returns ``[coarse, details]``, ``inverse`` merges."""
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        coarse, details = haar_decompose(x)
+        return [coarse, details], _zero_log_det(x)
+
+    def inverse(self, z: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        coarse, details = _pair(z, "HaarSplit.inverse")
+        return haar_reconstruct(coarse, details), _zero_log_det(coarse)
+
+
+def _pair(z: Sequence[torch.Tensor], where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(z, torch.Tensor) or len(z) != 2:
+        got = f"a tensor of shape {tuple(z.shape)}" if isinstance(z, torch.Tensor) else f"{len(z)} items"
+        raise ValueError(f"{where} takes a pair [coarse, details], got {got}")
+    return z[0], z[1]
