@@ -12,9 +12,9 @@ Layout: ``haar_decompose`` turns ``(B, C, H, W)`` into ``coarse (B, C, H/2, W/2)
 ``details (B, 3C, H/2, W/2)`` with ``details[:, k*C + ch]`` = ``y_{k+1}`` of channel ``ch``. As one tensor
 (:class:`HaarSqueeze`) the channels are ``[coarse, y1, y2, y3]``, i.e. ``(B, 4C, H/2, W/2)``.
 
-Both directions are written as the Hadamard butterfly ``H = [[1,1,1,1],[1,1,-1,-1],[1,-1,1,-1],[1,-1,-1,1]]``
-(``H`` symmetric, ``H H = 4 I``) and a diagonal scaling ``S``: the analysis is ``S H`` with ``S = diag(1/4, 1/c,
-1/c, 1/c)`` and the synthesis is ``H S'`` with ``S' = diag(1, c/4, c/4, c/4)``. The transpose of the one is the
+Both directions are written with the Hadamard butterfly ``H = [[1,1,1,1],[1,1,-1,-1],[1,-1,1,-1],[1,-1,-1,1]]``
+(``H`` symmetric, ``H H = 4 I``) and a diagonal scaling: the analysis is ``S H`` with ``S = diag(1/4, 1/c, 1/c,
+1/c)`` and the synthesis is ``H S'`` with ``S' = diag(1, c/4, c/4, c/4)``. The transpose of the one is the
 other form with the same scales, which gives the exact backward passes (and derivatives of any order) without
 autograd recording the strided writes.
 """
@@ -48,42 +48,46 @@ _ANALYSIS_SCALES = (0.25, 1.0 / HAAR_C)
 _SYNTHESIS_SCALES = (1.0, HAAR_C / 4.0)
 
 
-def _scale_bands(bands: torch.Tensor, coarse_scale: float, detail_scale: float) -> None:
-    """Multiply band 0 of ``(B, 4, ...)`` by ``coarse_scale`` and bands 1–3 by ``detail_scale``, in place."""
-    if coarse_scale != 1.0:
-        bands[:, 0].mul_(coarse_scale)
-    if detail_scale != 1.0:
-        bands[:, 1:].mul_(detail_scale)
+def _analysis(
+    x: torch.Tensor, coarse_scale: float, detail_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, C, H, W)`` → ``coarse (B, C, h, w)``, ``details (B, 3C, h, w)``: ``S · H`` on every 2×2 block.
 
-
-def _analysis(x: torch.Tensor, coarse_scale: float, detail_scale: float) -> torch.Tensor:
-    """``(B, C, H, W)`` → bands ``(B, 4, C, H/2, W/2)``: ``diag(coarse, detail, detail, detail) · H`` per block."""
+    Both outputs are freshly allocated and contiguous; the sums are written straight into them.
+    """
     batch, channels, height, width = x.shape
-    bands = x.new_empty(batch, 4, channels, height // 2, width // 2)
+    coarse = x.new_empty(batch, channels, height // 2, width // 2)
+    details = x.new_empty(batch, 3, channels, height // 2, width // 2)
     rows = x.view(batch, channels, height // 2, 2, width)
     top, bottom = rows[:, :, :, 0], rows[:, :, :, 1]
     column_sum = top + bottom  # (x1 + x3, x2 + x4) interleaved along W
     column_diff = top - bottom  # (x1 - x3, x2 - x4)
-    torch.add(column_sum[..., 0::2], column_sum[..., 1::2], out=bands[:, 0])  # x1 + x2 + x3 + x4
-    torch.add(column_diff[..., 0::2], column_diff[..., 1::2], out=bands[:, 1])  # x1 + x2 - x3 - x4
-    torch.sub(column_sum[..., 0::2], column_sum[..., 1::2], out=bands[:, 2])  # x1 - x2 + x3 - x4
-    torch.sub(column_diff[..., 0::2], column_diff[..., 1::2], out=bands[:, 3])  # x1 - x2 - x3 + x4
-    _scale_bands(bands, coarse_scale, detail_scale)
-    return bands
+    torch.add(column_sum[..., 0::2], column_sum[..., 1::2], out=coarse)  # x1 + x2 + x3 + x4
+    torch.add(column_diff[..., 0::2], column_diff[..., 1::2], out=details[:, 0])  # x1 + x2 - x3 - x4
+    torch.sub(column_sum[..., 0::2], column_sum[..., 1::2], out=details[:, 1])  # x1 - x2 + x3 - x4
+    torch.sub(column_diff[..., 0::2], column_diff[..., 1::2], out=details[:, 2])  # x1 - x2 - x3 + x4
+    if coarse_scale != 1.0:
+        coarse.mul_(coarse_scale)
+    if detail_scale != 1.0:
+        details.mul_(detail_scale)
+    return coarse, details.view(batch, 3 * channels, height // 2, width // 2)
 
 
-def _synthesis(bands: torch.Tensor, coarse_scale: float, detail_scale: float) -> torch.Tensor:
-    """Bands ``(B, 4, C, h, w)`` → ``(B, C, 2h, 2w)``: ``H · diag(coarse, detail, detail, detail)`` per block."""
-    batch, _, channels, height, width = bands.shape
-    if coarse_scale != 1.0 or detail_scale != 1.0:
-        bands = bands.clone()
-        _scale_bands(bands, coarse_scale, detail_scale)
-    b0, b1, b2, b3 = bands.unbind(1)
-    top = b0 + b1  # shared by x1, x2
-    bottom = b0 - b1  # shared by x3, x4
-    right_plus = b2 + b3
-    right_minus = b2 - b3
-    out = bands.new_empty(batch, channels, height, 2, width, 2)
+def _synthesis(
+    coarse: torch.Tensor, details: torch.Tensor, coarse_scale: float, detail_scale: float
+) -> torch.Tensor:
+    """``coarse (B, C, h, w)``, ``details (B, 3C, h, w)`` → ``(B, C, 2h, 2w)``: ``H · S`` on every block."""
+    batch, channels, height, width = coarse.shape
+    if coarse_scale != 1.0:
+        coarse = coarse * coarse_scale
+    if detail_scale != 1.0:
+        details = details * detail_scale
+    y1, y2, y3 = details.view(batch, 3, channels, height, width).unbind(1)
+    top = coarse + y1  # shared by x1, x2
+    bottom = coarse - y1  # shared by x3, x4
+    right_plus = y2 + y3
+    right_minus = y2 - y3
+    out = coarse.new_empty(batch, channels, height, 2, width, 2)
     torch.add(top, right_plus, out=out[:, :, :, 0, :, 0])  # x1
     torch.sub(top, right_plus, out=out[:, :, :, 0, :, 1])  # x2
     torch.add(bottom, right_minus, out=out[:, :, :, 1, :, 0])  # x3
@@ -95,29 +99,31 @@ class _Analysis(Function):
     """Differentiable :func:`_analysis`; its adjoint is :func:`_synthesis` with the same scales."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coarse_scale: float, detail_scale: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, coarse_scale: float, detail_scale: float):
         ctx.scales = (coarse_scale, detail_scale)
         return _analysis(x.contiguous(), coarse_scale, detail_scale)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _Synthesis.apply(grad, *ctx.scales), None, None
+    def backward(ctx, grad_coarse: torch.Tensor, grad_details: torch.Tensor):
+        # autograd materialises the gradient of an unused output as zeros, so neither is None
+        return _Synthesis.apply(grad_coarse, grad_details, *ctx.scales), None, None
 
 
 class _Synthesis(Function):
     """Differentiable :func:`_synthesis`; its adjoint is :func:`_analysis` with the same scales."""
 
     @staticmethod
-    def forward(ctx, bands: torch.Tensor, coarse_scale: float, detail_scale: float) -> torch.Tensor:
+    def forward(ctx, coarse: torch.Tensor, details: torch.Tensor, coarse_scale: float, detail_scale: float):
         ctx.scales = (coarse_scale, detail_scale)
-        return _synthesis(bands.contiguous(), coarse_scale, detail_scale)
+        return _synthesis(coarse, details, coarse_scale, detail_scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _Analysis.apply(grad, *ctx.scales), None, None
+        grad_coarse, grad_details = _Analysis.apply(grad, *ctx.scales)
+        return grad_coarse, grad_details, None, None
 
 
-def _to_bands(coarse: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
+def _check_pair(coarse: torch.Tensor, details: torch.Tensor) -> None:
     check_floating(coarse, "coarse")
     check_floating(details, "details")
     if coarse.ndim != 4:
@@ -133,22 +139,19 @@ def _to_bands(coarse: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
             f"coarse ({coarse.dtype}, {coarse.device}) and details ({details.dtype}, {details.device}) "
             "must share dtype and device"
         )
-    return torch.cat([coarse, details], dim=1).view(batch, 4, channels, height, width)
 
 
 def haar_decompose(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split images ``(B, C, H, W)`` (H, W even) into ``coarse (B, C, H/2, W/2)`` and band-major
-    ``details (B, 3C, H/2, W/2)``. Both outputs are contiguous (views of one buffer)."""
+    ``details (B, 3C, H/2, W/2)``, both contiguous."""
     check_image(x, "x", even=True)
-    bands = _Analysis.apply(x, *_ANALYSIS_SCALES)
-    batch, _, channels, height, width = bands.shape
-    flat = bands.view(batch, 4 * channels, height, width)
-    return flat[:, :channels], flat[:, channels:]
+    return _Analysis.apply(x, *_ANALYSIS_SCALES)
 
 
 def haar_reconstruct(coarse: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`haar_decompose`: ``coarse (B, C, h, w)`` and ``details (B, 3C, h, w)`` → ``(B, C, 2h, 2w)``."""
-    return _Synthesis.apply(_to_bands(coarse, details), *_SYNTHESIS_SCALES)
+    _check_pair(coarse, details)
+    return _Synthesis.apply(coarse, details, *_SYNTHESIS_SCALES)
 
 
 def haar_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -194,14 +197,11 @@ class HaarSqueeze(Flow):
             raise ValueError(
                 f"HaarSqueeze.forward needs a channel count divisible by 4, got shape {tuple(z.shape)}"
             )
-        bands = z.reshape(batch, 4, channels4 // 4, height, width)
-        return _Synthesis.apply(bands, *_SYNTHESIS_SCALES), _zero_log_det(z)
+        channels = channels4 // 4
+        return haar_reconstruct(z[:, :channels], z[:, channels:]), _zero_log_det(z)
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_image(x, "x", even=True)
-        bands = _Analysis.apply(x, *_ANALYSIS_SCALES)
-        batch, _, channels, height, width = bands.shape
-        return bands.view(batch, 4 * channels, height, width), _zero_log_det(x)
+        return torch.cat(haar_decompose(x), dim=1), _zero_log_det(x)
 
 
 @register("haar_merge")
