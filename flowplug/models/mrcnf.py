@@ -1,0 +1,438 @@
+"""The multi-resolution CNF composite (MRCNF, DESIGN.md §5).
+
+An image ``v`` (dequantised, in ``[0, 1)``) is split by the Haar pyramid into the coarsest image ``x_{S-1}``
+and detail tensors ``y_0`` (finest) … ``y_{S-2}``. The transform has log-determinant 0, so
+
+    log p(v) = log p(x_{S-1}) + Σ_s log p(y_s | x_{s+1}).
+
+Level ``s`` of the model (``model.levels[s]``, DESIGN.md's numbering) is a :class:`ResolutionLevel`: a list of
+flow components over its tensor and a standard normal base. The detail levels ``s < S-1`` receive the coarse
+image ``x_{s+1}`` (in the ``[0, 1)`` scale of ``v``) as ``context``; components that do not take ``context``
+ignore it, so a level may mix CNFs with normflows' Glow blocks, couplings and ActNorm. The coarsest level first
+maps ``x_{S-1}`` through a logit (``logit(α + (1 − 2α) x)``) with its exact log-determinant.
+
+Because the levels' parameters are disjoint the loss separates: levels can be trained jointly
+(:meth:`MRCNF.set_trainable_levels`), one at a time or in separate runs, and combined afterwards
+(:meth:`MRCNF.load_levels`); :meth:`MRCNF.grow` adds a finer level for progressive training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import normflows as nf
+import torch
+from torch import nn
+
+from flowplug._checks import check_floating
+from flowplug.conditioning import run_forward, run_inverse
+from flowplug.distributions import StandardNormal
+from flowplug.models.base import FlowModel
+from flowplug.registry import build, register
+from flowplug.wavelet import haar_pyramid, haar_reconstruct
+
+__all__ = ["MRCNF", "ResolutionLevel", "default_level_spec"]
+
+LevelFlows = Sequence[Mapping[str, Any] | str | nn.Module]
+
+
+class ResolutionLevel(nn.Module):
+    """One resolution level: ``flows`` (listed in the sampling direction) over tensors of ``shape``.
+
+    ``context_shape`` is the shape of the conditioning coarse image (``None`` for the coarsest level).
+    ``preprocess`` is an optional flow applied first in the density direction (the coarsest level's logit).
+    """
+
+    def __init__(
+        self,
+        flows: Sequence[nn.Module],
+        shape: Sequence[int],
+        context_shape: Sequence[int] | None = None,
+        preprocess: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.flows = nn.ModuleList(flows)
+        self.shape = tuple(shape)
+        self.context_shape = None if context_shape is None else tuple(context_shape)
+        self.preprocess = preprocess
+        self.base = StandardNormal(self.shape)
+
+    def _all_flows(self) -> list[nn.Module]:
+        # sampling order: the level's flows, then (last) the inverse of the preprocessing
+        return [*self.flows, *([self.preprocess] if self.preprocess is not None else [])]
+
+    def inverse_and_log_det(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: the level's tensor → its latent, with the log-determinant of that map."""
+        return run_inverse(self._all_flows(), x, context)
+
+    def forward_and_log_det(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction: latent → the level's tensor, with the log-determinant of that map."""
+        return run_forward(self._all_flows(), z, context)
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(x | context)`` per sample."""
+        z, log_det = self.inverse_and_log_det(x, context)
+        return self.base.log_prob(z) + log_det
+
+    def sample(
+        self, num_samples: int, context: torch.Tensor | None = None, temperature: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, log q(x | context))``; ``temperature`` scales the base's standard deviation."""
+        z, log_q = self.base.sample(num_samples, temperature)
+        x, log_det = self.forward_and_log_det(z, context)
+        return x, log_q - log_det
+
+
+def default_level_spec(
+    channels: int,
+    context_channels: int,
+    *,
+    hidden_channels: int = 64,
+    num_layers: int = 3,
+    cnfs_per_level: int = 1,
+    activation: str = "softplus",
+    T: float = 1.0,
+    divergence: str = "hutchinson",
+    probe: str = "rademacher",
+    train_solver: Mapping[str, Any] | None = None,
+    eval_solver: Mapping[str, Any] | None = None,
+    adjoint: bool = False,
+    kinetic_energy: float = 0.0,
+    jacobian_norm: float = 0.0,
+) -> list[dict[str, Any]]:
+    """The paper-like default of one level: ``cnfs_per_level`` conditional CNFs with conv ODE nets.
+
+    Each net has ``num_layers`` 3×3 convolutions of ``hidden_channels`` with softplus, sees the coarse image
+    (``context_channels``) concatenated at its input, and starts at zero (identity flow).
+    """
+    net = {
+        "type": "conv_odenet",
+        "channels": channels,
+        "hidden_channels": hidden_channels,
+        "num_layers": num_layers,
+        "context_channels": context_channels,
+        "activation": activation,
+    }
+    cnf: dict[str, Any] = {
+        "type": "cnf",
+        "net": net,
+        "T": T,
+        "divergence": divergence,
+        "probe": probe,
+        "train_solver": dict(train_solver or DEFAULT_TRAIN_SOLVER),
+        "eval_solver": dict(eval_solver or DEFAULT_EVAL_SOLVER),
+        "adjoint": adjoint,
+        "kinetic_energy": kinetic_energy,
+        "jacobian_norm": jacobian_norm,
+    }
+    return [copy.deepcopy(cnf) for _ in range(cnfs_per_level)]
+
+
+DEFAULT_TRAIN_SOLVER: Mapping[str, Any] = {"method": "dopri5", "atol": 1e-3, "rtol": 1e-3}
+"""Training solves: loose tolerances (the likelihood gradient tolerates them; RNODE keeps NFE low)."""
+DEFAULT_EVAL_SOLVER: Mapping[str, Any] = {"method": "dopri5", "atol": 1e-5, "rtol": 1e-5}
+"""Evaluation solves: tight enough that the reported bits per dimension is converged in the tolerance."""
+
+def _is_plain_spec(level: LevelFlows) -> bool:
+    return all(isinstance(item, (str, Mapping)) for item in level)
+
+
+@register("mrcnf", kind="model")
+class MRCNF(FlowModel):
+    """Multi-resolution continuous normalizing flow over images of ``image_shape = (C, H, W)``.
+
+    Args:
+        image_shape: ``(C, H, W)``; H and W divisible by ``2 ** (levels - 1)``.
+        levels: number of resolution levels ``S`` (1 is a single-resolution CNF with a logit).
+        level_flows: optional list of ``S`` component lists, index ``s`` as in DESIGN.md (0 = finest details,
+            ``S-1`` = coarsest image), each listed in the sampling direction. Items are registry specs (the model
+            then stays rebuildable from :attr:`config`) or modules. ``None`` entries (or ``level_flows=None``)
+            take :func:`default_level_spec` with the options below.
+        hidden_channels, num_layers, cnfs_per_level, activation, T, divergence, probe, train_solver,
+            eval_solver, adjoint, kinetic_energy, jacobian_norm: options of the default CNF levels.
+        logit_alpha: the coarsest level's logit squeezes ``[0, 1]`` into ``[α, 1 − α]`` first.
+
+    ``config`` is the registry spec that rebuilds this model (``None`` when a level was given as modules).
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        levels: int = 3,
+        level_flows: Sequence[LevelFlows | None] | None = None,
+        *,
+        hidden_channels: int = 64,
+        num_layers: int = 3,
+        cnfs_per_level: int = 1,
+        activation: str = "softplus",
+        T: float = 1.0,
+        divergence: str = "hutchinson",
+        probe: str = "rademacher",
+        train_solver: Mapping[str, Any] | None = None,
+        eval_solver: Mapping[str, Any] | None = None,
+        adjoint: bool = False,
+        kinetic_energy: float = 0.0,
+        jacobian_norm: float = 0.0,
+        logit_alpha: float = 0.05,
+    ) -> None:
+        super().__init__()
+        self.image_shape = _check_image_shape(image_shape, levels)
+        self.num_levels = levels
+        if level_flows is not None and len(level_flows) != levels:
+            raise ValueError(
+                f"level_flows must hold one component list per level ({levels}), got {len(level_flows)}"
+            )
+        if not 0 < logit_alpha < 0.5:
+            raise ValueError(f"logit_alpha must lie in (0, 0.5), got {logit_alpha}")
+        level_options = {
+            "hidden_channels": hidden_channels, "num_layers": num_layers, "cnfs_per_level": cnfs_per_level,
+            "activation": activation, "T": T, "divergence": divergence, "probe": probe,
+            "train_solver": train_solver, "eval_solver": eval_solver, "adjoint": adjoint,
+            "kinetic_energy": kinetic_energy, "jacobian_norm": jacobian_norm,
+        }
+        channels = self.image_shape[0]
+        self.levels = nn.ModuleList()
+        for s in range(levels):
+            shape = self.level_shape(s)
+            context_shape = None if s == levels - 1 else self.level_context_shape(s)
+            given = None if level_flows is None else level_flows[s]
+            if given is None:
+                given = default_level_spec(shape[0], 0 if context_shape is None else channels, **level_options)
+            flows = [build(item) if isinstance(item, (str, Mapping)) else item for item in given]
+            preprocess = nf.transforms.Logit(alpha=logit_alpha) if s == levels - 1 else None
+            self.levels.append(ResolutionLevel(flows, shape, context_shape, preprocess))
+        rebuildable = level_flows is None or all(lf is None or _is_plain_spec(lf) for lf in level_flows)
+        self.config: dict[str, Any] | None = (
+            {
+                "type": "mrcnf",
+                "image_shape": list(self.image_shape),
+                "levels": levels,
+                "level_flows": None if level_flows is None else [
+                    None if lf is None else [copy.deepcopy(item) for item in lf] for lf in level_flows
+                ],
+                **copy.deepcopy(level_options),
+                "logit_alpha": logit_alpha,
+            }
+            if rebuildable
+            else None
+        )
+
+    # ----------------------------------------------------------------------------------------------- shapes
+    def level_shape(self, s: int) -> tuple[int, int, int]:
+        """Shape of level ``s``'s tensor: ``y_s`` ``(3C, H/2^(s+1), W/2^(s+1))``, or the coarsest image."""
+        channels, height, width = self.image_shape
+        if s == self.num_levels - 1:
+            factor = 2**s
+            return channels, height // factor, width // factor
+        factor = 2 ** (s + 1)
+        return 3 * channels, height // factor, width // factor
+
+    def level_context_shape(self, s: int) -> tuple[int, int, int]:
+        """Shape of the coarse image ``x_{s+1}`` that conditions detail level ``s``."""
+        channels, height, width = self.image_shape
+        factor = 2 ** (s + 1)
+        return channels, height // factor, width // factor
+
+    # -------------------------------------------------------------------------------------------- likelihood
+    def _check_logit_domain(self, coarsest: torch.Tensor) -> None:
+        """The coarsest image (block means of ``v``) must lie in ``[0, 1]``, the logit's domain."""
+        lo, hi = (float(t) for t in torch.aminmax(coarsest.detach()))
+        if not (0.0 <= lo and hi <= 1.0):
+            raise ValueError(
+                f"the coarsest image (block means of v) must lie in [0, 1] for the logit preprocessing, got "
+                f"values in [{lo:.4g}, {hi:.4g}]; MRCNF expects dequantised images v = (x + u) / n_bins in [0, 1)"
+            )
+
+    def decompose(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``([y_0, …, y_{S-2}], x_{S-1})`` of ``v`` (finest details first)."""
+        return haar_pyramid(v, self.num_levels)
+
+    def level_log_probs(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """``[log p(y_0 | x_1), …, log p(y_{S-2} | x_{S-1}), log p(x_{S-1})]``; they sum to :meth:`log_prob`."""
+        self.check_input(v)
+        details, coarsest = self.decompose(v)
+        self._check_logit_domain(coarsest)
+        contexts = self._contexts(details, coarsest)
+        terms = [self.levels[s].log_prob(y, contexts[s]) for s, y in enumerate(details)]
+        terms.append(self.levels[-1].log_prob(coarsest))
+        return terms
+
+    def _contexts(self, details: Sequence[torch.Tensor], coarsest: torch.Tensor) -> list[torch.Tensor]:
+        """Coarse images ``x_{s+1}`` for each detail level, rebuilt coarse-to-fine from the pyramid."""
+        contexts: list[torch.Tensor] = [coarsest] * len(details)
+        x = coarsest
+        for s in range(len(details) - 1, -1, -1):
+            contexts[s] = x
+            x = haar_reconstruct(x, details[s])
+        return contexts
+
+    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        """``log p(v)`` per sample (the Haar transform adds nothing: its log-determinant is 0)."""
+        return torch.stack(self.level_log_probs(v)).sum(0)
+
+    def level_bits_per_dim(self, v: torch.Tensor, n_bins: int = 256) -> list[torch.Tensor]:
+        """Each level's contribution ``-log p_s / (D ln 2)`` (``D = C·H·W`` of the full image), per sample.
+
+        They add up to :meth:`bits_per_dim` minus ``log2(n_bins)``.
+        """
+        del n_bins  # the constant log2(n_bins) belongs to the whole image, not to a level
+        return [-term / (self.num_dims * math.log(2.0)) for term in self.level_log_probs(v)]
+
+    def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Density direction: ``v`` → latents ``[z_0, …, z_{S-1}]`` (index = level) and the total log-det."""
+        self.check_input(v)
+        details, coarsest = self.decompose(v)
+        self._check_logit_domain(coarsest)
+        contexts = self._contexts(details, coarsest)
+        latents, log_det = [], torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+        for s, y in enumerate(details):
+            z, step = self.levels[s].inverse_and_log_det(y, contexts[s])
+            latents.append(z)
+            log_det = log_det + step
+        z, step = self.levels[-1].inverse_and_log_det(coarsest)
+        latents.append(z)
+        return latents, log_det + step
+
+    def forward_and_log_det(self, latents: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction: latents ``[z_0, …, z_{S-1}]`` → image ``v`` and the total log-det."""
+        if len(latents) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} latents (one per level), got {len(latents)}")
+        x, log_det = self.levels[-1].forward_and_log_det(latents[-1])
+        for s in range(self.num_levels - 2, -1, -1):
+            y, step = self.levels[s].forward_and_log_det(latents[s], x)
+            x = haar_reconstruct(x, y)
+            log_det = log_det + step
+        return x, log_det
+
+    # -------------------------------------------------------------------------------------------- sampling
+    def sample(
+        self, num_samples: int = 1, temperature: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample coarse to fine: ``(v, log q(v))``; ``temperature`` scales every level's base std."""
+        x, log_q = self.levels[-1].sample(num_samples, temperature=temperature)
+        return self._refine(x, log_q, self.num_levels - 1, temperature)
+
+    def _refine(
+        self, x: torch.Tensor, log_q: torch.Tensor, from_level: int, temperature: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample the details of levels ``from_level − 1 … 0`` given the coarse image ``x``."""
+        for s in range(from_level - 1, -1, -1):
+            y, log_q_s = self.levels[s].sample(x.shape[0], context=x, temperature=temperature)
+            x = haar_reconstruct(x, y)
+            log_q = log_q + log_q_s
+        return x, log_q
+
+    def super_resolve(self, coarse: torch.Tensor, temperature: float | None = 1.0) -> torch.Tensor:
+        """Upsample coarse images ``(B, C, h, w)`` to the model's full resolution by sampling their details.
+
+        ``h, w`` must be the size of one of the model's coarse images (``H / 2^k`` for ``1 ≤ k ≤ S-1``); the
+        output's Haar coarse part at that size equals ``coarse``. ``temperature=0`` takes each base's mode.
+        """
+        check_floating(coarse, "coarse")
+        channels, height, width = self.image_shape
+        sizes = {(height >> k, width >> k): k for k in range(1, self.num_levels)}
+        if coarse.ndim != 4 or coarse.shape[1] != channels or tuple(coarse.shape[2:]) not in sizes:
+            raise ValueError(
+                f"coarse images must have shape (B, {channels}, h, w) with (h, w) one of {sorted(sizes)}, "
+                f"got {tuple(coarse.shape)}"
+            )
+        k = sizes[tuple(coarse.shape[2:])]
+        log_q = torch.zeros(coarse.shape[0], dtype=coarse.dtype, device=coarse.device)
+        return self._refine(coarse, log_q, k, temperature)[0]
+
+    # -------------------------------------------------------------------------------- level-wise training
+    def set_trainable_levels(self, levels: Iterable[int] | None) -> None:
+        """Train only ``levels`` (DESIGN.md numbering) and freeze the others; ``None`` trains all."""
+        chosen = set(range(self.num_levels)) if levels is None else {self._level_index(s) for s in levels}
+        for s, level in enumerate(self.levels):
+            level.requires_grad_(s in chosen)
+
+    def _level_index(self, s: int) -> int:
+        if not isinstance(s, int) or not -self.num_levels <= s < self.num_levels:
+            raise ValueError(f"level {s!r} does not exist; this model has levels 0..{self.num_levels - 1}")
+        return s % self.num_levels
+
+    def load_levels(self, source: MRCNF | Mapping[str, torch.Tensor], levels: Iterable[int]) -> None:
+        """Copy the parameters of ``levels`` from another MRCNF of the same shape (or its ``state_dict()``).
+
+        Used to combine levels trained in separate runs into one model. A level whose tensors differ in shape
+        raises ``ValueError`` naming the level and the first mismatching entry.
+        """
+        state = source.state_dict() if isinstance(source, nn.Module) else source
+        for s in levels:
+            s = self._level_index(s)
+            prefix = f"levels.{s}."
+            own = self.levels[s].state_dict()
+            theirs = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if set(theirs) != set(own):
+                missing, extra = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+                raise ValueError(f"level {s}: source lacks {missing[:3]} / has unexpected {extra[:3]} entries")
+            for key, value in own.items():
+                if theirs[key].shape != value.shape:
+                    raise ValueError(
+                        f"level {s}: entry {key!r} has shape {tuple(theirs[key].shape)} in the source but "
+                        f"{tuple(value.shape)} here (a model of another shape?)"
+                    )
+            self.levels[s].load_state_dict(theirs)
+
+    def grow(self, level_flows: LevelFlows | None = None) -> MRCNF:
+        """A new model for images twice the size with one more (finest) level; the trained levels move up.
+
+        The new level 0 (``level_flows``, default: the default CNF level) models the finest details; this
+        model's level ``s`` becomes level ``s + 1`` with its trained parameters, and only level 0 is left
+        trainable. Requires a rebuildable model (``config`` not ``None``).
+        """
+        if self.config is None:
+            raise ValueError("grow() needs a model built from specs (config is None: a level was given as modules)")
+        config = copy.deepcopy(self.config)
+        channels, height, width = self.image_shape
+        config["image_shape"] = [channels, 2 * height, 2 * width]
+        config["levels"] = self.num_levels + 1
+        if config["level_flows"] is not None or level_flows is not None:
+            old = config["level_flows"] or [None] * self.num_levels
+            config["level_flows"] = [None if level_flows is None else list(level_flows), *old]
+        if level_flows is not None and not _is_plain_spec(level_flows):
+            raise ValueError("grow(level_flows=...) takes registry specs so that the grown model stays rebuildable")
+        config.pop("type")
+        grown = MRCNF(**config)
+        reference = next(self.parameters(), None)
+        if reference is not None:
+            grown.to(dtype=reference.dtype, device=reference.device)
+        for s, level in enumerate(self.levels):
+            grown.levels[s + 1].load_state_dict(level.state_dict())
+        grown.set_trainable_levels([0])
+        return grown
+
+
+def _check_image_shape(image_shape: Sequence[int], levels: int) -> tuple[int, int, int]:
+    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+        raise ValueError(f"levels must be a positive integer, got {levels!r}")
+    shape = tuple(image_shape)
+    if len(shape) != 3 or not all(isinstance(n, int) and n > 0 for n in shape):
+        raise ValueError(f"image_shape must be (C, H, W) of positive integers, got {image_shape!r}")
+    divisor = 2 ** (levels - 1)
+    if shape[1] % divisor or shape[2] % divisor:
+        raise ValueError(
+            f"image height and width must be divisible by 2^(levels-1) = {divisor} for {levels} levels, "
+            f"got H={shape[1]}, W={shape[2]}"
+        )
+    return shape  # type: ignore[return-value]
+
+
+
+@register("single_resolution_cnf", kind="model")
+def single_resolution_cnf(image_shape: Sequence[int], **options: Any) -> MRCNF:
+    """FFJORD-like baseline: CNFs on the full-resolution image after a logit (an MRCNF with one level).
+
+    Takes :class:`MRCNF`'s options; its ``config`` is an ``"mrcnf"`` spec with ``levels=1``.
+    """
+    if "levels" in options:
+        raise TypeError("single_resolution_cnf has exactly one level; do not pass levels")
+    return MRCNF(image_shape, levels=1, **options)
