@@ -1,0 +1,28 @@
+"""Continuous normalizing flows on torchdiffeq: the :class:`CNF` component, ODE nets, solver
+settings.
+
+Importing this package registers ``"cnf"`` (kind ``"flow"``), ``"conv_odenet"`` and ``"mlp_odenet"``
+(kind ``"net"``) in :mod:`flowplug.registry`.
+"""
+
+from flowplug.cnf.divergence import exact_divergence, hutchinson_divergence, sample_probe
+from flowplug.cnf.flow import CNF, DIVERGENCES, NFECount
+from flowplug.cnf.nets import ACTIVATIONS, ConvODENet, MLPODENet
+from flowplug.cnf.regularization import RNODE
+from flowplug.cnf.solver import FIXED_STEP_METHODS, ODESolverError, SolverSettings
+
+__all__ = [
+    "ACTIVATIONS",
+    "CNF",
+    "DIVERGENCES",
+    "FIXED_STEP_METHODS",
+    "RNODE",
+    "ConvODENet",
+    "MLPODENet",
+    "NFECount",
+    "ODESolverError",
+    "SolverSettings",
+    "exact_divergence",
+    "hutchinson_divergence",
+    "sample_probe",
+]

@@ -1,0 +1,279 @@
+"""The continuous normalizing flow component (FFJORD with RNODE's regularisers), a normflows Flow.
+
+Time runs as in FFJORD (DESIGN.md §4): data at ``t = 0``, latent at ``t = T``. The density direction
+``inverse(x)`` integrates ``dz/dt = f(t, z, context)`` from 0 to T together with
+``dL/dt = tr(∂f/∂z)``; then ``L(T) = log|det ∂z(T)/∂x|``. The sampling direction ``forward(z)``
+integrates the same system from T to 0, and ``L(0)`` is the log-determinant of that map (the
+negative of the other).
+
+**Divergence** (``divergence`` in training, ``eval_divergence`` in evaluation, the same by default):
+``"hutchinson"`` is the default everywhere. It costs one vector-Jacobian product per evaluation
+whatever the dimension, and since ``log p(x) = log p(z) + L`` is linear in the estimate, the
+estimated log-likelihood is unbiased, so its mean over a test set is the right figure. ``"exact"``
+costs ``D`` products (batched, with ``D·B·D`` memory): use it for tiny dimensions (2-D toy
+densities, tests) or exact per-sample values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from normflows.flows import Flow
+from torch import nn
+
+from flowplug._checks import check_finite, check_floating
+from flowplug.cnf.divergence import PROBES, exact_divergence, hutchinson_divergence, sample_probe
+from flowplug.cnf.regularization import RNODE
+from flowplug.cnf.solver import ODESolverError, SolverSettings, solve
+from flowplug.registry import register
+
+__all__ = ["CNF", "DIVERGENCES", "NFECount"]
+
+DIVERGENCES = ("hutchinson", "exact")
+
+DEFAULT_SOLVER = SolverSettings()
+"""dopri5 at atol = rtol = 1e-5, FFJORD's training setting."""
+
+SolverLike = SolverSettings | Mapping[str, Any] | str
+
+
+@dataclass
+class NFECount:
+    """Numbers of ODE-net evaluations: in forward solves, and in adjoint backward solves."""
+
+    forward: int = 0
+    backward: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+
+class _Dynamics:
+    """The augmented ODE of one solve: state ``(z, L, *RNODE integrals)``.
+
+    One instance per solve, so the Hutchinson probe and the context stay fixed for that solve and
+    its adjoint backward pass even if the CNF is called again before ``backward()``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        context: torch.Tensor | None,
+        probe: torch.Tensor | None,
+        rnode: RNODE | None,
+        settings: SolverSettings,
+        counts: tuple[NFECount, ...],
+    ) -> None:
+        self.net = net
+        self.context = context
+        self.probe = probe
+        self.rnode = rnode
+        self.settings = settings
+        self.counts = counts
+        self.phase = "forward"
+        """``"backward"`` once the forward solve has returned: later calls are the adjoint's."""
+
+    def __call__(
+        self, t: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        for count in self.counts:
+            setattr(count, self.phase, getattr(count, self.phase) + 1)
+        create_graph = torch.is_grad_enabled()
+        frobenius = self.rnode is not None and self.rnode.jacobian_norm > 0
+        with torch.enable_grad():
+            z = state[0] if state[0].requires_grad else state[0].detach().requires_grad_(True)
+            dz = self.net(t, z, context=self.context)
+            if dz.shape != z.shape:
+                raise ValueError(
+                    f"the ODE net returned dz/dt of shape {tuple(dz.shape)} for z of shape "
+                    f"{tuple(z.shape)}"
+                )
+            if self.probe is None:
+                trace, sq_frobenius = exact_divergence(
+                    dz, z, create_graph=create_graph, frobenius=frobenius
+                )
+            else:
+                trace, sq_frobenius = hutchinson_divergence(
+                    dz, z, self.probe, create_graph=create_graph, frobenius=frobenius
+                )
+        finite = torch.isfinite(z).all() & torch.isfinite(dz).all() & torch.isfinite(trace).all()
+        if not bool(finite):
+            raise ODESolverError(
+                f"non-finite ODE state or dynamics (NaN or inf) at t={float(t):.6g} in the "
+                f"{self.phase} solve with {self.settings.describe()}; the flow has diverged: lower "
+                "the learning rate, regularise it (kinetic_energy / jacobian_norm), or check the "
+                "inputs' scale"
+            )
+        rates = self.rnode.rates(dz, sq_frobenius) if self.rnode is not None else ()
+        derivatives = (dz, trace, *rates)
+        return derivatives if create_graph else tuple(d.detach() for d in derivatives)
+
+
+@register("cnf")
+class CNF(Flow):
+    """Continuous normalizing flow ``dz/dt = net(t, z, context)`` over ``[0, T]`` (FFJORD, RNODE).
+
+    Args: net: any module called as ``net(t, z, context=None)`` returning ``dz/dt`` of ``z``'s
+    shape, e.g. :class:`~flowplug.cnf.ConvODENet` (images) or :class:`~flowplug.cnf.MLPODENet`
+    (vectors). T: integration time. divergence: ``"hutchinson"`` or ``"exact"`` trace in training
+    (see the module docstring). probe: Hutchinson probe, ``"rademacher"`` (lower variance) or
+    ``"gaussian"``; one draw per solve. train_solver, eval_solver: :class:`SolverSettings` (or a
+    dict of its fields, or a method name) used in ``train()`` and ``eval()`` mode;
+    ``eval_solver=None`` means the training settings. adjoint: backpropagate by the adjoint method
+    (``odeint_adjoint``: memory independent of the number of steps, at the price of a backward
+    solve) instead of through the solver's operations. kinetic_energy, jacobian_norm: RNODE
+    coefficients (see :mod:`flowplug.cnf.regularization`); the terms are integrated only in
+    training-mode density passes, and only when their coefficient is nonzero. eval_divergence: the
+    trace in ``eval()`` mode; ``None`` means ``divergence``.
+
+    After each solve ``last_nfe`` holds its number of net evaluations and ``last_nfe_backward`` the
+    number the adjoint backward solve took (it grows during ``backward()``; 0 without adjoint, where
+    autograd backpropagates through the recorded evaluations instead). ``nfe`` accumulates both over
+    all solves until :meth:`reset_nfe`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        T: float = 1.0,
+        *,
+        divergence: str = "hutchinson",
+        probe: str = "rademacher",
+        train_solver: SolverLike = DEFAULT_SOLVER,
+        eval_solver: SolverLike | None = None,
+        adjoint: bool = False,
+        kinetic_energy: float = 0.0,
+        jacobian_norm: float = 0.0,
+        eval_divergence: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(
+                f"net must be an nn.Module called as net(t, z, context), got {type(net).__name__}"
+            )
+        if isinstance(T, bool) or not isinstance(T, (int, float)) or not T > 0:
+            raise ValueError(f"integration time T must be a positive number, got {T!r}")
+        eval_divergence = divergence if eval_divergence is None else eval_divergence
+        for name, value in (("divergence", divergence), ("eval_divergence", eval_divergence)):
+            if value not in DIVERGENCES:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {DIVERGENCES}")
+        if probe not in PROBES:
+            raise ValueError(f"unknown Hutchinson probe {probe!r}; expected one of {PROBES}")
+        self.net = net
+        self.T = float(T)
+        self.divergence = divergence
+        self.eval_divergence = eval_divergence
+        self.probe = probe
+        self.train_solver = SolverSettings.coerce(train_solver)
+        self.eval_solver = (
+            self.train_solver if eval_solver is None else SolverSettings.coerce(eval_solver)
+        )
+        self.adjoint = bool(adjoint)
+        self.rnode = RNODE(kinetic_energy=kinetic_energy, jacobian_norm=jacobian_norm)
+        self.nfe = NFECount()
+        self._last_nfe = NFECount()
+        self._extra_terms: dict[str, torch.Tensor] = {}
+
+    @property
+    def solver(self) -> SolverSettings:
+        """The settings of the current mode: ``train_solver`` in training, else ``eval_solver``."""
+        return self.train_solver if self.training else self.eval_solver
+
+    @property
+    def last_nfe(self) -> int:
+        """Net evaluations of the last forward solve."""
+        return self._last_nfe.forward
+
+    @property
+    def last_nfe_backward(self) -> int:
+        """Net evaluations in the last solve's adjoint backward pass (0 before it or without)."""
+        return self._last_nfe.backward
+
+    def reset_nfe(self) -> None:
+        """Zero the cumulative counter :attr:`nfe`."""
+        self.nfe = NFECount()
+
+    def extra_loss_terms(self) -> dict[str, torch.Tensor]:
+        """Weighted RNODE terms of the last training-mode density pass (``{}`` if none)."""
+        return dict(self._extra_terms)
+
+    def forward(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling: latent ``z`` (time T) → data (time 0); returns ``(x, log|det ∂x/∂z|)``."""
+        return self._integrate(z, context, density=False)
+
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density: data ``x`` (time 0) → latent (time T); returns ``(z, log|det ∂z/∂x|)``."""
+        return self._integrate(x, context, density=True)
+
+    def _check_inputs(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
+        check_floating(x, "CNF input")
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(
+                f"CNF input must be a non-empty batch (B, ...), got shape {tuple(x.shape)}"
+            )
+        check_finite(x, "CNF input")
+        if context is None:
+            if getattr(self.net, "needs_context", False):
+                raise ValueError(
+                    f"{type(self.net).__name__} needs context, but none was given (input shape "
+                    f"{tuple(x.shape)})"
+                )
+            return
+        check_floating(context, "CNF context")
+        if context.shape[:1] != x.shape[:1]:
+            raise ValueError(
+                f"CNF context of shape {tuple(context.shape)} does not match the batch size of "
+                f"the input of shape {tuple(x.shape)}"
+            )
+        if context.dtype != x.dtype or context.device != x.device:
+            raise TypeError(
+                f"CNF context is {context.dtype} on {context.device} but the input is {x.dtype} on "
+                f"{x.device}; convert one to the other"
+            )
+        check_finite(context, "CNF context")
+
+    def _integrate(
+        self, x: torch.Tensor, context: torch.Tensor | None, *, density: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_inputs(x, context)
+        settings = self.solver
+        divergence = self.divergence if self.training else self.eval_divergence
+        probe = sample_probe(x, self.probe) if divergence == "hutchinson" else None
+        regularize = density and self.training and bool(self.rnode.active)
+        rnode = self.rnode if regularize else None
+        self._last_nfe = NFECount()
+        dynamics = _Dynamics(self.net, context, probe, rnode, settings, (self.nfe, self._last_nfe))
+
+        zeros = x.new_zeros(x.shape[0])
+        state = (x, zeros) + (zeros,) * len(rnode.active if rnode else ())
+        adjoint_params = None
+        if self.adjoint and torch.is_grad_enabled():
+            adjoint_params = [p for p in self.net.parameters() if p.requires_grad]
+            if context is not None and context.requires_grad:
+                adjoint_params.append(context)
+        t0, t1 = (0.0, self.T) if density else (self.T, 0.0)
+        out, log_det, *integrals = solve(
+            dynamics, state, t0, t1, settings, adjoint_params=adjoint_params
+        )
+        dynamics.phase = "backward"
+
+        if density:
+            self._extra_terms = rnode.loss_terms(tuple(integrals)) if rnode else {}
+        return out, log_det
+
+    def extra_repr(self) -> str:
+        rnode = ", ".join(f"{name}={getattr(self.rnode, name)}" for name in self.rnode.active)
+        return (
+            f"T={self.T}, divergence={self.divergence!r}, "
+            f"eval_divergence={self.eval_divergence!r}, "
+            f"adjoint={self.adjoint}, train_solver=({self.train_solver.describe()}), "
+            f"eval_solver=({self.eval_solver.describe()})" + (f", {rnode}" if rnode else "")
+        )

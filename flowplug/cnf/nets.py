@@ -1,0 +1,222 @@
+"""Built-in ODE nets ``f(t, z, context) → dz/dt`` for :class:`~flowplug.cnf.CNF`: convolutional and
+MLP.
+
+Any ``nn.Module`` called as ``net(t, z, context=None)`` that returns a tensor of ``z``'s shape can
+drive a CNF; these two cover images and vectors. Common to both:
+
+- **time**: ``t`` is a scalar (0-d tensor or number, as during an ODE solve) or one time per sample,
+  shape ``(B,)`` (as flow matching evaluates the net). It enters every layer as one extra input
+  feature/channel, constant over space (FFJORD's *concat* conditioning): cheap, and lets each
+  layer's response change with time.
+- **context** (conditioning data, e.g. the coarse image of an MRCNF level) is concatenated to ``z``
+  at the input; its batch (and spatial) size must match ``z``'s. ``needs_context`` says whether the
+  net takes one.
+- **smooth activations** only (the divergence and RNODE's Jacobian term differentiate the net twice,
+  and the ODE's solution is well behaved only for smooth dynamics).
+- the **last layer starts at zero**, so ``f ≡ 0`` and a new CNF is exactly the identity.
+
+Samples are processed independently (no batch statistics), which the divergence estimators rely on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from flowplug.registry import register
+
+__all__ = ["ACTIVATIONS", "ConvODENet", "MLPODENet"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "softplus": nn.Softplus,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+}
+"""Activation names the built-in nets accept (all smooth)."""
+
+
+def _activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown or non-smooth activation {name!r}; ODE nets take one of {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _time_per_sample(t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
+    """``t`` as a ``(B,)`` tensor in ``z``'s dtype and device."""
+    t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
+    if t.ndim == 0:
+        return t.expand(z.shape[0])
+    if t.shape != (z.shape[0],):
+        raise ValueError(
+            f"time t must be a scalar or have shape (B,) = ({z.shape[0]},), "
+            f"got shape {tuple(t.shape)}"
+        )
+    return t
+
+
+class _ODENet(nn.Module, ABC):
+    """The layer stack and input checks both nets share; subclasses say how time and shapes look."""
+
+    def __init__(
+        self, size: int, context_size: int, layers: list[nn.Module], activation: str
+    ) -> None:
+        super().__init__()
+        self.size = size
+        self.context_size = context_size
+        self.layers = nn.ModuleList(layers)
+        self.activation = _activation(activation)
+        nn.init.zeros_(self.layers[-1].weight)
+        nn.init.zeros_(self.layers[-1].bias)
+
+    @property
+    def needs_context(self) -> bool:
+        """Whether the net was built with conditioning inputs (``context`` is then required)."""
+        return self.context_size > 0
+
+    @abstractmethod
+    def _z_shape(self) -> str:
+        """``z``'s expected shape, for messages."""
+
+    @abstractmethod
+    def _context_shape(self, z: torch.Tensor) -> tuple[int, ...]:
+        """The context shape that goes with ``z``."""
+
+    @abstractmethod
+    def _time_input(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-sample times ``(B,)`` as one extra input feature/channel shaped like ``z``'s."""
+
+    def _check(self, z: torch.Tensor, context: torch.Tensor | None) -> None:
+        name = type(self).__name__
+        if z.ndim != len(self._z_shape().split(",")) or z.shape[1] != self.size:
+            raise ValueError(f"{name} expects z of shape {self._z_shape()}, got {tuple(z.shape)}")
+        if not self.needs_context:
+            if context is not None:
+                raise ValueError(
+                    f"{name} was built without context inputs but got context of shape "
+                    f"{tuple(context.shape)}; build it with a context size to condition on it"
+                )
+            return
+        expected = self._context_shape(z)
+        if context is None:
+            raise ValueError(
+                f"{name} needs context of shape {expected} (for z of shape {tuple(z.shape)})"
+            )
+        if tuple(context.shape) != expected:
+            raise ValueError(
+                f"{name}: context has shape {tuple(context.shape)}, expected {expected} "
+                f"for z of shape {tuple(z.shape)}"
+            )
+
+    def forward(
+        self, t: torch.Tensor | float, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``dz/dt`` at time ``t`` (scalar or ``(B,)``), same shape as ``z``."""
+        self._check(z, context)
+        time = self._time_input(_time_per_sample(t, z), z)
+        h = z if context is None else torch.cat([z, context], dim=1)
+        for i, layer in enumerate(self.layers):
+            h = layer(torch.cat([h, time], dim=1))
+            if i < len(self.layers) - 1:
+                h = self.activation(h)
+        return h
+
+
+def _widths(size: int, context_size: int, hidden: int, num_layers: int) -> list[tuple[int, int]]:
+    """(inputs, outputs) of each layer; every layer gets one extra input for the time."""
+    widths = [size + context_size] + [hidden] * (num_layers - 1) + [size]
+    return [(w_in + 1, w_out) for w_in, w_out in itertools.pairwise(widths)]
+
+
+def _check_context_size(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+class ConvODENet(_ODENet):
+    """Convolutional ODE net for images ``(B, channels, H, W)``, optionally conditioned on ``(B, Cc,
+    H, W)``.
+
+    ``num_layers`` convolutions (``kernel_size``, same padding; ``hidden_channels`` wide) with
+    ``activation`` between them; each takes the time as one extra constant channel; ``context`` is
+    concatenated to ``z`` at the input.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden_channels: int = 64,
+        num_layers: int = 3,
+        context_channels: int = 0,
+        activation: str = "softplus",
+        kernel_size: int = 3,
+    ) -> None:
+        _check_sizes(channels=channels, hidden_channels=hidden_channels, num_layers=num_layers,
+                     kernel_size=kernel_size)
+        _check_context_size("context_channels", context_channels)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
+        layers = [
+            nn.Conv2d(w_in, w_out, kernel_size, padding=kernel_size // 2)
+            for w_in, w_out in _widths(channels, context_channels, hidden_channels, num_layers)
+        ]
+        super().__init__(channels, context_channels, layers, activation)
+
+    def _z_shape(self) -> str:
+        return f"(B, {self.size}, H, W)"
+
+    def _context_shape(self, z: torch.Tensor) -> tuple[int, ...]:
+        return (z.shape[0], self.context_size, *z.shape[2:])
+
+    def _time_input(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return t.view(-1, 1, 1, 1).expand(-1, 1, *z.shape[2:])
+
+
+class MLPODENet(_ODENet):
+    """MLP ODE net for vectors ``(B, dim)`` (2-D toy densities, tabular data), optionally
+    conditioned on ``(B, context_dim)``.
+
+    ``num_layers`` linear layers (``hidden_dim`` wide) with ``activation`` between them; each takes
+    the time as one extra input; ``context`` is concatenated to ``z`` at the input.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int = 64,
+        num_layers: int = 3,
+        context_dim: int = 0,
+        activation: str = "softplus",
+    ) -> None:
+        _check_sizes(dim=dim, hidden_dim=hidden_dim, num_layers=num_layers)
+        _check_context_size("context_dim", context_dim)
+        layers = [
+            nn.Linear(w_in, w_out)
+            for w_in, w_out in _widths(dim, context_dim, hidden_dim, num_layers)
+        ]
+        super().__init__(dim, context_dim, layers, activation)
+
+    def _z_shape(self) -> str:
+        return f"(B, {self.size})"
+
+    def _context_shape(self, z: torch.Tensor) -> tuple[int, ...]:
+        return (z.shape[0], self.context_size)
+
+    def _time_input(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return t.unsqueeze(1)
+
+
+register("conv_odenet", ConvODENet, kind="net")
+register("mlp_odenet", MLPODENet, kind="net")
