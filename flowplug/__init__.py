@@ -1,5 +1,9 @@
 """flowplug: multi-resolution continuous normalizing flows as normflows components."""
 
+from flowplug.cnf import CNF, ConvODENet, MLPODENet, SolverSettings
+from flowplug.distributions import StandardNormal
+from flowplug.models.base import FlowModel
+from flowplug.models.mrcnf import MRCNF
 from flowplug.registry import build, components, get_component, register
 from flowplug.wavelet import (
     HaarMerge,
@@ -14,6 +18,13 @@ from flowplug.wavelet import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CNF",
+    "MRCNF",
+    "ConvODENet",
+    "FlowModel",
+    "MLPODENet",
+    "SolverSettings",
+    "StandardNormal",
     "HaarMerge",
     "HaarSplit",
     "HaarSqueeze",
