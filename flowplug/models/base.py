@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowplug._checks import check_floating
 from flowplug.metrics import bits_per_dim
 
 __all__ = ["FlowModel"]
@@ -39,6 +40,15 @@ class FlowModel(nn.Module, ABC):
         """Per-level terms of ``log p(v)`` (one for single-scale models), summing to :meth:`log_prob`."""
         return [self.log_prob(v)]
 
+    def initialize_from_data(self, v: torch.Tensor) -> None:
+        """Data-dependent initialisation from a batch of training images; models without any do nothing."""
+
+    def flow_matching_loss(self, v: torch.Tensor, sigma: float = 1e-4) -> torch.Tensor:
+        """The flow-matching objective, for models whose flows are CNFs (see :class:`flowplug.MRCNF`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no flow-matching objective; train it by likelihood"
+        )
+
     def forward_kld(self, v: torch.Tensor) -> torch.Tensor:
         """Forward KL divergence up to a constant: the mean negative log-likelihood of the batch."""
         return -self.log_prob(v).mean()
@@ -53,8 +63,6 @@ class FlowModel(nn.Module, ABC):
 
     def check_input(self, v: torch.Tensor) -> None:
         """Raise a ``ValueError``/``TypeError`` naming the problem unless ``v`` is a batch of this model's images."""
-        from flowplug._checks import check_floating
-
         check_floating(v, "v")
         if v.ndim != 4 or tuple(v.shape[1:]) != tuple(self.image_shape):
             raise ValueError(

@@ -29,9 +29,12 @@ from torch import nn
 
 from flowplug._checks import check_floating
 from flowplug.conditioning import run_forward, run_inverse
+from flowplug.cnf import CNF
+from flowplug.cnf.flow_matching import flow_matching_loss
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
 from flowplug.registry import build, register
+from flowplug.standardize import Standardize
 from flowplug.wavelet import haar_pyramid, haar_reconstruct
 
 __all__ = ["MRCNF", "ResolutionLevel", "default_level_spec"]
@@ -42,8 +45,9 @@ LevelFlows = Sequence[Mapping[str, Any] | str | nn.Module]
 class ResolutionLevel(nn.Module):
     """One resolution level: ``flows`` (listed in the sampling direction) over tensors of ``shape``.
 
-    ``context_shape`` is the shape of the conditioning coarse image (``None`` for the coarsest level).
-    ``preprocess`` is an optional flow applied first in the density direction (the coarsest level's logit).
+    ``context_shape`` is the shape of the conditioning coarse image (``None`` for the coarsest level). In the
+    density direction the level's tensor first goes through ``preprocess`` (the coarsest level's logit), then
+    ``standardize`` (per-channel statistics from data), then the flows (last listed first).
     """
 
     def __init__(
@@ -52,17 +56,40 @@ class ResolutionLevel(nn.Module):
         shape: Sequence[int],
         context_shape: Sequence[int] | None = None,
         preprocess: nn.Module | None = None,
+        standardize: Standardize | None = None,
     ) -> None:
         super().__init__()
         self.flows = nn.ModuleList(flows)
         self.shape = tuple(shape)
         self.context_shape = None if context_shape is None else tuple(context_shape)
         self.preprocess = preprocess
+        self.standardize = standardize
         self.base = StandardNormal(self.shape)
 
+    def _preparation(self) -> list[nn.Module]:
+        # sampling order: standardisation is undone before the preprocessing
+        return [m for m in (self.standardize, self.preprocess) if m is not None]
+
     def _all_flows(self) -> list[nn.Module]:
-        # sampling order: the level's flows, then (last) the inverse of the preprocessing
-        return [*self.flows, *([self.preprocess] if self.preprocess is not None else [])]
+        return [*self.flows, *self._preparation()]
+
+    @torch.no_grad()
+    def initialize_standardization(self, x: torch.Tensor) -> None:
+        """Set the standardisation statistics from a batch of this level's tensors (after preprocessing)."""
+        if self.standardize is None:
+            return
+        prepared = x if self.preprocess is None else run_inverse([self.preprocess], x)[0]
+        self.standardize.initialize(prepared)
+
+    def flow_matching_loss(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, sigma: float = 1e-4
+    ) -> torch.Tensor:
+        """Per-sample flow-matching loss of the level's CNF on its prepared tensor (the level must be one CNF)."""
+        if len(self.flows) != 1 or not isinstance(self.flows[0], CNF):
+            kinds = [type(f).__name__ for f in self.flows]
+            raise ValueError(f"flow matching needs a level made of exactly one CNF, this level holds {kinds}")
+        prepared, _ = run_inverse(self._preparation(), x)
+        return flow_matching_loss(self.flows[0], prepared, context, sigma=sigma)
 
     def inverse_and_log_det(
         self, x: torch.Tensor, context: torch.Tensor | None = None
@@ -158,6 +185,9 @@ class MRCNF(FlowModel):
         hidden_channels, num_layers, cnfs_per_level, activation, T, divergence, probe, train_solver,
             eval_solver, adjoint, kinetic_energy, jacobian_norm: options of the default CNF levels.
         logit_alpha: the coarsest level's logit squeezes ``[0, 1]`` into ``[α, 1 − α]`` first.
+        standardize: give every level a per-channel :class:`~flowplug.standardize.Standardize` (after the
+            logit at the coarsest level), initialised by :meth:`initialize_from_data` or from the first
+            training batch, with its exact log-determinant.
 
     ``config`` is the registry spec that rebuilds this model (``None`` when a level was given as modules).
     """
@@ -181,6 +211,7 @@ class MRCNF(FlowModel):
         kinetic_energy: float = 0.0,
         jacobian_norm: float = 0.0,
         logit_alpha: float = 0.05,
+        standardize: bool = True,
     ) -> None:
         super().__init__()
         self.image_shape = _check_image_shape(image_shape, levels)
@@ -207,7 +238,8 @@ class MRCNF(FlowModel):
                 given = default_level_spec(shape[0], 0 if context_shape is None else channels, **level_options)
             flows = [build(item) if isinstance(item, (str, Mapping)) else item for item in given]
             preprocess = nf.transforms.Logit(alpha=logit_alpha) if s == levels - 1 else None
-            self.levels.append(ResolutionLevel(flows, shape, context_shape, preprocess))
+            standardizer = Standardize(shape[0]) if standardize else None
+            self.levels.append(ResolutionLevel(flows, shape, context_shape, preprocess, standardizer))
         rebuildable = level_flows is None or all(lf is None or _is_plain_spec(lf) for lf in level_flows)
         self.config: dict[str, Any] | None = (
             {
@@ -219,6 +251,7 @@ class MRCNF(FlowModel):
                 ],
                 **copy.deepcopy(level_options),
                 "logit_alpha": logit_alpha,
+                "standardize": standardize,
             }
             if rebuildable
             else None
@@ -256,13 +289,10 @@ class MRCNF(FlowModel):
 
     def level_log_probs(self, v: torch.Tensor) -> list[torch.Tensor]:
         """``[log p(y_0 | x_1), …, log p(y_{S-2} | x_{S-1}), log p(x_{S-1})]``; they sum to :meth:`log_prob`."""
-        self.check_input(v)
-        details, coarsest = self.decompose(v)
-        self._check_logit_domain(coarsest)
-        contexts = self._contexts(details, coarsest)
-        terms = [self.levels[s].log_prob(y, contexts[s]) for s, y in enumerate(details)]
-        terms.append(self.levels[-1].log_prob(coarsest))
-        return terms
+        return [
+            level.log_prob(x, context)
+            for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
+        ]
 
     def _contexts(self, details: Sequence[torch.Tensor], coarsest: torch.Tensor) -> list[torch.Tensor]:
         """Coarse images ``x_{s+1}`` for each detail level, rebuilt coarse-to-fine from the pyramid."""
@@ -287,18 +317,12 @@ class MRCNF(FlowModel):
 
     def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Density direction: ``v`` → latents ``[z_0, …, z_{S-1}]`` (index = level) and the total log-det."""
-        self.check_input(v)
-        details, coarsest = self.decompose(v)
-        self._check_logit_domain(coarsest)
-        contexts = self._contexts(details, coarsest)
         latents, log_det = [], torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-        for s, y in enumerate(details):
-            z, step = self.levels[s].inverse_and_log_det(y, contexts[s])
+        for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True):
+            z, step = level.inverse_and_log_det(x, context)
             latents.append(z)
             log_det = log_det + step
-        z, step = self.levels[-1].inverse_and_log_det(coarsest)
-        latents.append(z)
-        return latents, log_det + step
+        return latents, log_det
 
     def forward_and_log_det(self, latents: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: latents ``[z_0, …, z_{S-1}]`` → image ``v`` and the total log-det."""
@@ -310,6 +334,31 @@ class MRCNF(FlowModel):
             x = haar_reconstruct(x, y)
             log_det = log_det + step
         return x, log_det
+
+    def _level_inputs(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(tensor, context)`` of every level for images ``v``, after the input checks."""
+        self.check_input(v)
+        details, coarsest = self.decompose(v)
+        self._check_logit_domain(coarsest)
+        contexts = self._contexts(details, coarsest)
+        return [*zip(details, contexts, strict=True), (coarsest, None)]
+
+    @torch.no_grad()
+    def initialize_from_data(self, v: torch.Tensor) -> None:
+        """Set every level's standardisation from a (large) batch of training images ``v``."""
+        for level, (x, _) in zip(self.levels, self._level_inputs(v), strict=True):
+            level.initialize_standardization(x)
+
+    def level_flow_matching_losses(self, v: torch.Tensor, sigma: float = 1e-4) -> list[torch.Tensor]:
+        """Per-level mean flow-matching losses (each level must be one CNF); see :mod:`flowplug.cnf.flow_matching`."""
+        return [
+            level.flow_matching_loss(x, context, sigma).mean()
+            for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
+        ]
+
+    def flow_matching_loss(self, v: torch.Tensor, sigma: float = 1e-4) -> torch.Tensor:
+        """The flow-matching objective: the sum over levels of :meth:`level_flow_matching_losses`."""
+        return torch.stack(self.level_flow_matching_losses(v, sigma)).sum()
 
     # -------------------------------------------------------------------------------------------- sampling
     def sample(

@@ -31,7 +31,8 @@ def gaussian_log_prob(t):
 
 def test_identity_model_matches_analytic_density(tiny_cnf_options):
     """Fresh CNFs are the identity: log p(v) = N(logit(x_2)) + logit log-det + Σ N(y_s)."""
-    model = MRCNF((2, 8, 8), levels=3, logit_alpha=0.05, **tiny_cnf_options).double().eval()
+    model = MRCNF((2, 8, 8), levels=3, logit_alpha=0.05, standardize=False, **tiny_cnf_options)
+    model = model.double().eval()
     v = images(4)
     details, coarsest = haar_pyramid(v, 3)
     alpha = 0.05
@@ -109,10 +110,11 @@ def test_levels_trained_separately_combine_into_the_same_model(tiny_cnf_options)
 
 def test_training_only_chosen_levels_leaves_the_others_untouched(tiny_cnf_options):
     model = MRCNF((1, 4, 4), levels=2, **tiny_cnf_options).double()
+    v = images(8, (1, 4, 4))
+    model.initialize_from_data(v)
     model.set_trainable_levels([1])
     frozen = {k: v.clone() for k, v in model.levels[0].state_dict().items()}
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    v = images(8, (1, 4, 4))
     for _ in range(3):
         optimizer.zero_grad()
         model.forward_kld(v).backward()
@@ -139,7 +141,7 @@ def test_growing_keeps_the_old_levels_terms(tiny_cnf_options):
     for old, new in zip(old_terms, new_terms[1:], strict=True):
         torch.testing.assert_close(new, old, rtol=0, atol=1e-12)
     # the grown model is rebuildable from its config
-    rebuilt = flowplug.build(grown.config).double()
+    rebuilt = flowplug.build(grown.config).double().eval()
     rebuilt.load_state_dict(grown.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.log_prob(v_big), grown.log_prob(v_big))
@@ -163,7 +165,7 @@ def test_mixed_model_glow_at_the_coarsest_level_cnfs_above_trains(tiny_cnf_optio
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] - 2.0, losses
+    assert losses[-1] < losses[0] - 1.0, losses
     assert model.config["level_flows"][1] == glow_level  # still rebuildable
 
 
