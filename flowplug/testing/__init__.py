@@ -39,6 +39,7 @@ _LAZY = {
     "image_compositions": "component_strategies",
     "missing_component_strategies": "component_strategies",
     "register_component_strategy": "component_strategies",
+    "sizes": "strategies",
     "load_profile": "profiles",
 }
 
