@@ -5,22 +5,27 @@ and closeness checks whose failure message names the worst element."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
-Tensors = Union[torch.Tensor, Sequence[torch.Tensor]]
+Tensors = torch.Tensor | Sequence[torch.Tensor]
 """A flow's input or output: one tensor, or a list of tensors sharing the batch dimension."""
 
 
 def as_list(x: Tensors, what: str) -> list[torch.Tensor]:
     """``x`` as a non-empty list of floating tensors that share their batch size; ``TypeError`` otherwise."""
-    items = [x] if isinstance(x, torch.Tensor) else list(x) if isinstance(x, (list, tuple)) else None
+    items = (
+        [x] if isinstance(x, torch.Tensor) else list(x) if isinstance(x, (list, tuple)) else None
+    )
     if not items or not all(isinstance(t, torch.Tensor) for t in items):
-        raise TypeError(f"{what} must be a tensor or a non-empty list of tensors, got {type(x).__name__}")
+        raise TypeError(
+            f"{what} must be a tensor or a non-empty list of tensors, got {type(x).__name__}"
+        )
     for t in items:
         if not t.is_floating_point() or t.ndim < 1:
-            raise TypeError(f"{what} must hold floating tensors with a batch dimension, got {describe(x)}")
+            raise TypeError(
+                f"{what} must hold floating tensors with a batch dimension, got {describe(x)}"
+            )
     if len({t.shape[0] for t in items}) != 1:
         raise ValueError(f"the tensors of {what} must share their batch size, got {describe(x)}")
     return items
@@ -65,7 +70,7 @@ def same_structure(a: Tensors, b: Tensors) -> bool:
     items_a, items_b = as_list(a, "a"), as_list(b, "b")
     return len(items_a) == len(items_b) and all(
         s.shape == t.shape and s.dtype == t.dtype and s.device == t.device
-        for s, t in zip(items_a, items_b)
+        for s, t in zip(items_a, items_b, strict=True)
     )
 
 
@@ -73,7 +78,7 @@ def unchanged(before: Tensors, after: Tensors) -> bool:
     """Whether ``after`` still holds exactly the values of ``before`` (NaN equal to NaN)."""
     return all(
         bool(torch.isclose(s, t, rtol=0, atol=0, equal_nan=True).all())
-        for s, t in zip(as_list(before, "before"), as_list(after, "after"))
+        for s, t in zip(as_list(before, "before"), as_list(after, "after"), strict=True)
     )
 
 
@@ -96,7 +101,9 @@ def normalize_log_det(
         if log_det.device != reference.device:
             problems.append(f"device {log_det.device} instead of {reference.device}")
         if strict and problems:
-            raise AssertionError(f"{what} log_det breaks the (B,) tensor contract: " + "; ".join(problems))
+            raise AssertionError(
+                f"{what} log_det breaks the (B,) tensor contract: " + "; ".join(problems)
+            )
         if log_det.numel() not in (1, batch) or (log_det.numel() == batch and log_det.ndim != 1):
             raise AssertionError(
                 f"{what} log_det has shape {tuple(log_det.shape)}; expected ({batch},) or a scalar"
@@ -133,7 +140,9 @@ def assert_close(
     bad = ~(error <= allowed)  # NaN compares False, so it counts as bad
     if not bool(bad.any()):
         return
-    excess = torch.where(torch.isfinite(error), error - allowed, torch.full_like(error, float("inf")))
+    excess = torch.where(
+        torch.isfinite(error), error - allowed, torch.full_like(error, float("inf"))
+    )
     flat = int(torch.argmax(torch.nan_to_num(excess, nan=float("inf"))))
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), actual.shape))
     where = ", ".join(

@@ -90,7 +90,9 @@ def _apply(
     out, log_det = call(flow, inputs, context)
     name = f"{type(flow).__name__}.{direction}"
     if not unchanged(snapshot, inputs):
-        raise AssertionError(f"{name} modified its input in place; callers' tensors must be left unchanged")
+        raise AssertionError(
+            f"{name} modified its input in place; callers' tensors must be left unchanged"
+        )
     try:
         items = as_list(out, f"{name} output")
     except (TypeError, ValueError) as error:
@@ -101,7 +103,9 @@ def _apply(
                 f"{name} changed dtype or device: input {describe(inputs)}, output {describe(out)}"
             )
         if not bool(torch.isfinite(item).all()):
-            raise AssertionError(f"{name} returned non-finite values for finite input {describe(inputs)}")
+            raise AssertionError(
+                f"{name} returned non-finite values for finite input {describe(inputs)}"
+            )
     dims_in, dims_out = flatten(inputs).shape[1], flatten(out).shape[1]
     if dims_in != dims_out:
         raise AssertionError(
@@ -111,7 +115,9 @@ def _apply(
     return out, log_det
 
 
-def _warm_up(flow: nn.Module, direction: Direction, x: Tensors, context: torch.Tensor | None) -> None:
+def _warm_up(
+    flow: nn.Module, direction: Direction, x: Tensors, context: torch.Tensor | None
+) -> None:
     with torch.no_grad():
         (flow_forward if direction == "forward" else flow_inverse)(flow, clone(x), context)
 
@@ -145,14 +151,21 @@ def _round_trip(
     if not same_structure(back, start):
         raise AssertionError(f"{label} is {describe(back)} but the input was {describe(start)}")
     assert_close(
-        flatten(back), flatten(start), atol=atol, rtol=rtol, what=f"{label} vs input",
+        flatten(back),
+        flatten(start),
+        atol=atol,
+        rtol=rtol,
+        what=f"{label} vs input",
         index_names=("sample", "element"),
     )
     reference = as_list(start, "input")[0]
     ld_first = normalize_log_det(log_det_first, reference, strict=strict, what=f"flow.{first}")
     ld_second = normalize_log_det(log_det_second, reference, strict=strict, what=f"flow.{second}")
     assert_close(
-        -ld_second, ld_first, atol=atol, rtol=rtol,
+        -ld_second,
+        ld_first,
+        atol=atol,
+        rtol=rtol,
         what=f"log-dets do not cancel (showing -{second} log_det against {first} log_det)",
     )
     return detach(middle)
@@ -200,7 +213,7 @@ def _jacobian_log_det(inputs: list[torch.Tensor], outputs: torch.Tensor) -> torc
             torch.cat(
                 [
                     (g if g is not None else torch.zeros_like(t)).reshape(batch, -1)
-                    for g, t in zip(grads, inputs)
+                    for g, t in zip(grads, inputs, strict=True)
                 ],
                 dim=1,
             )
@@ -251,7 +264,10 @@ def _check_log_det(
     for _ in range(num_draws - 1):
         again, log_det = _apply(flow, direction, clone(point), context)
         assert_close(
-            flatten(again), flatten(out), atol=atol, rtol=rtol,
+            flatten(again),
+            flatten(out),
+            atol=atol,
+            rtol=rtol,
             what=f"flow.{direction} output changes between calls (a stochastic log-det must not move the output)",
             index_names=("sample", "element"),
         )
@@ -312,8 +328,13 @@ def assert_log_det_correct(
     if warm_up:
         _warm_up(flow, first, x, context)
     options = dict(
-        atol=atol, rtol=rtol, strict=strict_log_det, stochastic=stochastic, num_draws=num_draws,
-        z_score=z_score, max_dims=max_dims,
+        atol=atol,
+        rtol=rtol,
+        strict=strict_log_det,
+        stochastic=stochastic,
+        num_draws=num_draws,
+        z_score=z_score,
+        max_dims=max_dims,
     )
     _check_log_det(flow, first, x, context, **options)
     if direction == "both":
@@ -352,20 +373,30 @@ def assert_batch_independent(
     reference = as_list(x, "x")[0]
     batch = reference.shape[0]
     log_det = normalize_log_det(log_det, reference, strict=False, what=f"flow.{direction}")
-    per_sample_ctx = isinstance(context, torch.Tensor) and context.ndim and context.shape[0] == batch
+    per_sample_ctx = (
+        isinstance(context, torch.Tensor) and context.ndim and context.shape[0] == batch
+    )
     alone_out, alone_log_det = [], []
     for i in range(batch):
         sample_context = context[i : i + 1] if per_sample_ctx else context
         o, ld = _apply(flow, direction, clone(_select(x, i)), sample_context)
         alone_out.append(flatten(o))
-        alone_log_det.append(normalize_log_det(ld, as_list(o, "out")[0], strict=False, what="alone"))
+        alone_log_det.append(
+            normalize_log_det(ld, as_list(o, "out")[0], strict=False, what="alone")
+        )
     assert_close(
-        torch.cat(alone_out), flatten(out), atol=atol, rtol=rtol,
+        torch.cat(alone_out),
+        flatten(out),
+        atol=atol,
+        rtol=rtol,
         what=f"flow.{direction} output of each sample alone vs within the batch",
         index_names=("sample", "element"),
     )
     assert_close(
-        torch.cat(alone_log_det), log_det, atol=atol, rtol=rtol,
+        torch.cat(alone_log_det),
+        log_det,
+        atol=atol,
+        rtol=rtol,
         what=f"flow.{direction} log_det of each sample alone vs within the batch",
     )
 
@@ -384,7 +415,9 @@ def _model_kwargs(method: Any, context: Any) -> dict[str, Any]:
         elif p.default is p.empty:
             kwargs[p.name] = None
     if context is not None and not any(name in kwargs for name in ("context", "y")):
-        raise TypeError(f"{method.__qualname__} takes no 'context' or 'y' parameter to pass context to")
+        raise TypeError(
+            f"{method.__qualname__} takes no 'context' or 'y' parameter to pass context to"
+        )
     return kwargs
 
 
@@ -410,12 +443,18 @@ def assert_sample_log_prob_consistent(
     x, log_q = model.sample(num_samples, **sample_kwargs)
     items = as_list(x, "model.sample output")
     if not isinstance(log_q, torch.Tensor) or log_q.shape != (num_samples,):
-        raise AssertionError(f"model.sample's log_q is {describe(log_q)}, expected shape ({num_samples},)")
+        raise AssertionError(
+            f"model.sample's log_q is {describe(log_q)}, expected shape ({num_samples},)"
+        )
     log_p = model.log_prob(detach(x), **_model_kwargs(model.log_prob, context))
     if not isinstance(log_p, torch.Tensor) or log_p.shape != (num_samples,):
-        raise AssertionError(f"model.log_prob returned {describe(log_p)}, expected shape ({num_samples},)")
+        raise AssertionError(
+            f"model.log_prob returned {describe(log_p)}, expected shape ({num_samples},)"
+        )
     if log_p.dtype != items[0].dtype:
-        raise AssertionError(f"model.log_prob returned dtype {log_p.dtype} for samples of {items[0].dtype}")
+        raise AssertionError(
+            f"model.log_prob returned dtype {log_p.dtype} for samples of {items[0].dtype}"
+        )
     atol, rtol = _tolerances(items, atol, rtol)
     assert_close(
         log_p, log_q, atol=atol, rtol=rtol, what="log_prob(samples) vs the log_q returned by sample"

@@ -25,7 +25,11 @@ settings.register_profile(
     CI_PROFILE, max_examples=10, deadline=None, suppress_health_check=_SLOW_INPUTS, print_blob=True
 )
 settings.register_profile(
-    THOROUGH_PROFILE, max_examples=300, deadline=None, suppress_health_check=_SLOW_INPUTS, print_blob=True
+    THOROUGH_PROFILE,
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=_SLOW_INPUTS,
+    print_blob=True,
 )
 
 

@@ -10,7 +10,6 @@ naive data-dependent initialisation).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
@@ -35,8 +34,8 @@ __all__ = [
     "vectors",
 ]
 
-Size = Union[int, tuple[int, int], SearchStrategy]
-Shape = Union[tuple[int, ...], list[tuple[int, ...]]]
+Size = int | tuple[int, int] | SearchStrategy
+Shape = tuple[int, ...] | list[tuple[int, ...]]
 
 
 def available_devices() -> list[torch.device]:
@@ -55,7 +54,9 @@ def devices(choices: Sequence[str | torch.device] | None = None) -> SearchStrate
     return st.sampled_from(options)
 
 
-def dtypes(choices: Sequence[torch.dtype] = (torch.float32, torch.float64)) -> SearchStrategy[torch.dtype]:
+def dtypes(
+    choices: Sequence[torch.dtype] = (torch.float32, torch.float64),
+) -> SearchStrategy[torch.dtype]:
     """One of ``choices``, which must be floating dtypes."""
     for dtype in choices:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -97,7 +98,9 @@ def image_shapes(
     )
 
 
-def vector_shapes(*, batch: Size = (2, 3), features: Size = (1, 8)) -> SearchStrategy[tuple[int, int]]:
+def vector_shapes(
+    *, batch: Size = (2, 3), features: Size = (1, 8)
+) -> SearchStrategy[tuple[int, int]]:
     """Vector batch shapes ``(B, D)``."""
     return st.tuples(sizes(batch, name="batch"), sizes(features, name="features"))
 
@@ -145,7 +148,9 @@ def tensors(
     edges = _edge_values(low, high)
     out = []
     for one in shapes:
-        values = low + (high - low) * torch.rand(tuple(one), generator=generator, dtype=torch.float64)
+        values = low + (high - low) * torch.rand(
+            tuple(one), generator=generator, dtype=torch.float64
+        )
         if pattern == "constant":
             values.fill_(draw(st.sampled_from(edges)))
         elif pattern == "edges" and values.numel():
@@ -156,16 +161,12 @@ def tensors(
     return out if isinstance(shape, list) else out[0]
 
 
-def images(
-    shape: SearchStrategy | None = None, **options
-) -> SearchStrategy[torch.Tensor]:
+def images(shape: SearchStrategy | None = None, **options) -> SearchStrategy[torch.Tensor]:
     """Image batches: :func:`tensors` of ``shape`` (default :func:`image_shapes`); ``options`` go to
     :func:`tensors`."""
     return tensors(image_shapes() if shape is None else shape, **options)
 
 
-def vectors(
-    shape: SearchStrategy | None = None, **options
-) -> SearchStrategy[torch.Tensor]:
+def vectors(shape: SearchStrategy | None = None, **options) -> SearchStrategy[torch.Tensor]:
     """Vector batches: :func:`tensors` of ``shape`` (default :func:`vector_shapes`)."""
     return tensors(vector_shapes() if shape is None else shape, **options)

@@ -88,7 +88,9 @@ def test_correct_flow_passes_every_assertion():
 def test_wrong_log_det_sign_is_caught_by_the_jacobian_check_only():
     flow = Scale(bug="sign")
     assert_invertible(flow, _x())  # both directions wrong: the log-dets still cancel
-    with pytest.raises(AssertionError, match=r"flow.inverse log_det vs log\|det J\|.*worst at sample"):
+    with pytest.raises(
+        AssertionError, match=r"flow.inverse log_det vs log\|det J\|.*worst at sample"
+    ):
         assert_log_det_correct(flow, _x())
 
 
@@ -98,7 +100,9 @@ def test_one_sided_wrong_sign_is_caught_by_invertibility():
 
 
 def test_inverse_off_by_a_small_shift_is_caught():
-    with pytest.raises(AssertionError, match=r"forward\(inverse\(input\)\) vs input: 12 of 12 .*abs error 0\.0001"):
+    with pytest.raises(
+        AssertionError, match=r"forward\(inverse\(input\)\) vs input: 12 of 12 .*abs error 0\.0001"
+    ):
         assert_invertible(Scale(bug="shift"), _x())
 
 
@@ -122,7 +126,9 @@ def test_failure_message_names_the_worst_sample():
             z, log_det = super().inverse(x)
             return z, log_det + torch.tensor([0.0, 0.5, 0.0, 0.0], dtype=D64)
 
-    with pytest.raises(AssertionError, match=r"1 of 4 element\(s\).*worst at sample 1: got .* \(abs error 0\.5,"):
+    with pytest.raises(
+        AssertionError, match=r"1 of 4 element\(s\).*worst at sample 1: got .* \(abs error 0\.5,"
+    ):
         assert_log_det_correct(OneBadSample(), _x(), direction="inverse")
 
 
@@ -162,16 +168,22 @@ def test_stochastic_estimator_unbiased_passes_and_biased_fails():
 
 
 def _tiny_glow(levels=2, image=(1, 4, 4)):
-    """A normflows Glow MultiscaleFlow on 1×4×4 images: one Glow block per level, perturbed, float64."""
+    """A normflows Glow MultiscaleFlow on 1x4x4 images: one Glow block per level, perturbed, float64."""
     torch.manual_seed(0)
     channels, size = image[0], image[1]
     q0, flows, merges = [], [], []
     for i in range(levels):
         width = channels * 2 ** (levels + 1 - i)
-        flows.append([nf.flows.GlowBlock(width, 8, split_mode="channel", scale=True), nf.flows.Squeeze()])
+        flows.append(
+            [nf.flows.GlowBlock(width, 8, split_mode="channel", scale=True), nf.flows.Squeeze()]
+        )
         if i > 0:
             merges.append(nf.flows.Merge())
-            latent = (channels * 2 ** (levels - i), size // 2 ** (levels - i), size // 2 ** (levels - i))
+            latent = (
+                channels * 2 ** (levels - i),
+                size // 2 ** (levels - i),
+                size // 2 ** (levels - i),
+            )
         else:
             latent = (channels * 2 ** (levels + 1), size // 2**levels, size // 2**levels)
         q0.append(nf.distributions.DiagGaussian(latent))
@@ -185,7 +197,9 @@ def test_sample_log_prob_consistent_on_normflows_multiscale_glow():
 def test_sample_log_prob_inconsistency_is_caught():
     base = nf.distributions.DiagGaussian(3)
     model = nf.NormalizingFlow(base, [Scale(bug="one_sided_sign")]).double()
-    with pytest.raises(AssertionError, match=r"log_prob\(samples\) vs the log_q returned by sample"):
+    with pytest.raises(
+        AssertionError, match=r"log_prob\(samples\) vs the log_q returned by sample"
+    ):
         assert_sample_log_prob_consistent(model, num_samples=4)
     assert_sample_log_prob_consistent(nf.NormalizingFlow(base, [Scale()]).double(), num_samples=4)
 

@@ -10,7 +10,9 @@ import flowplug
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 
 
-@pytest.mark.skipif("cnf" not in flowplug.components(), reason="the example uses the 'cnf' component")
+@pytest.mark.skipif(
+    "cnf" not in flowplug.components(), reason="the example uses the 'cnf' component"
+)
 def test_docs_example_runs():
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     namespace: dict = {}

@@ -41,8 +41,12 @@ def _case_and_input(data, name, dtype, constant=True):
     device = data.draw(devices(), label="device")
     flow = case.build(dtype, device)
     low, high = case.value_range
-    x = data.draw(tensors(case.input_shape, dtype=dtype, device=device, low=low, high=high,
-                             constant=constant), label="x")
+    x = data.draw(
+        tensors(
+            case.input_shape, dtype=dtype, device=device, low=low, high=high, constant=constant
+        ),
+        label="x",
+    )
     strict = flowplug.get_component(name).source == "flowplug"
     return case, flow, x, strict
 
@@ -55,8 +59,13 @@ def test_component_is_invertible_with_correct_log_det_float64(name, data):
     if case.invertible:
         assert_invertible(flow, x, atol=atol, rtol=rtol, strict_log_det=strict)
     assert_log_det_correct(
-        flow, x, direction="both" if case.invertible else "forward", atol=atol, rtol=rtol,
-        strict_log_det=strict, stochastic=case.stochastic,
+        flow,
+        x,
+        direction="both" if case.invertible else "forward",
+        atol=atol,
+        rtol=rtol,
+        strict_log_det=strict,
+        stochastic=case.stochastic,
     )
 
 

@@ -9,7 +9,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowplug.testing import image_shapes, register_component_strategy, sizes, tensors, vector_shapes
+from flowplug.testing import (
+    image_shapes,
+    register_component_strategy,
+    sizes,
+    tensors,
+    vector_shapes,
+)
 from flowplug.testing.profiles import CI_PROFILE, ENV_VAR, THOROUGH_PROFILE, load_profile
 
 
@@ -33,7 +39,9 @@ def test_sizes_refuses_a_range_without_multiples():
 @given(
     x=tensors(
         st.sampled_from([(2, 3), [(2, 1, 2), (2, 3, 2)]]),
-        dtype=st.sampled_from([torch.float32, torch.float64]), low=0.0, high=1.0,
+        dtype=st.sampled_from([torch.float32, torch.float64]),
+        low=0.0,
+        high=1.0,
     )
 )
 def test_tensors_have_the_shape_dtype_and_range_asked_for(x):
@@ -91,5 +99,7 @@ def test_assertions_import_without_hypothesis_and_strategies_say_what_to_install
         "except ImportError as error:\n    print(error)\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True
+    )
     assert "pip install flowplug[test]" in out.stdout and "pip install hypothesis" in out.stdout
