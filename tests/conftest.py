@@ -1,0 +1,3 @@
+from flowplug.testing.profiles import load_profile
+
+load_profile()
