@@ -17,7 +17,9 @@ from flowplug.testing import (
 @given(case=image_compositions(), device=devices(), data=st.data())
 def test_random_composition_is_invertible_with_correct_log_det(case, device, data):
     flow = case.build(torch.float64, device)
-    x = data.draw(tensors(case.input_shape, dtype=torch.float64, device=device), label="x")
+    # no constant batches: stacked ActNorms initialised on a zero spread scale by ~1e6 each, an
+    # ill-conditioned chain whose round trip loses digits even in float64
+    x = data.draw(tensors(case.input_shape, dtype=torch.float64, device=device, constant=False), label="x")
     atol, rtol = case.tolerances or default_tolerances(torch.float64)
     assert_invertible(flow, x, atol=atol, rtol=rtol)
     assert_log_det_correct(flow, x, atol=atol, rtol=rtol)

@@ -10,6 +10,7 @@ import flowplug
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 
 
+@pytest.mark.slow  # about two minutes: brute-force Jacobians through every CNF solve
 @pytest.mark.skipif(
     "cnf" not in flowplug.components(), reason="the example uses the 'cnf' component"
 )
