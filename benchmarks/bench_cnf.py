@@ -12,8 +12,8 @@ per batch, for:
 Every row uses the same fixed-step solver (rk4), so NFE is equal by construction and the times
 compare the cost per evaluation; nets are randomly perturbed away from the identity. Each
 configuration runs in its own subprocess so that peak memory (CUDA: ``max_memory_allocated``; CPU:
-growth of the peak RSS over the set-up and warm-up step) is its own. Ratios are of times measured in
-this one run.
+growth of the peak RSS over the set-up, so it includes the warm-up step) is its own. Ratios are of
+times measured in this one run.
 
     PYTHONPATH=. python benchmarks/bench_cnf.py [--quick] [--device cpu|cuda] [--threads N]
 """
@@ -70,11 +70,11 @@ def _run(config: dict, queue) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up
-    sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()  # warm-up
+    sync()
     times = []
     for _ in range(config["repeats"]):
         start = time.perf_counter()
