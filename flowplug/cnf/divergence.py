@@ -39,6 +39,18 @@ def _per_sample_sum(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
+def _vector_jacobian(
+    dz: torch.Tensor, z: torch.Tensor, vectors: torch.Tensor, *, create_graph: bool, batched: bool
+) -> torch.Tensor:
+    """``vectorsᵀ ∂dz/∂z``; zeros when ``dz`` does not depend on ``z`` (a net ignoring it)."""
+    if not dz.requires_grad:
+        return torch.zeros_like(vectors)
+    (product,) = torch.autograd.grad(
+        dz, z, vectors, create_graph=create_graph, is_grads_batched=batched, materialize_grads=True
+    )
+    return product
+
+
 def hutchinson_divergence(
     dz: torch.Tensor,
     z: torch.Tensor,
@@ -48,7 +60,7 @@ def hutchinson_divergence(
     frobenius: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Hutchinson estimate of ``tr(∂dz/∂z)`` (and of ``‖∂dz/∂z‖²_F`` if ``frobenius``)."""
-    (probe_jacobian,) = torch.autograd.grad(dz, z, probe, create_graph=create_graph)
+    probe_jacobian = _vector_jacobian(dz, z, probe, create_graph=create_graph, batched=False)
     trace = _per_sample_sum(probe_jacobian * probe)
     return trace, _per_sample_sum(probe_jacobian.square()) if frobenius else None
 
@@ -63,9 +75,8 @@ def exact_divergence(
     """Exact ``tr(∂dz/∂z)`` (and ``‖∂dz/∂z‖²_F`` if ``frobenius``) per sample."""
     batch, dim = z.shape[0], z[0].numel()
     basis = torch.eye(dim, dtype=z.dtype, device=z.device).view(dim, 1, *z.shape[1:])
-    (rows,) = torch.autograd.grad(
-        dz, z, basis.expand(dim, *z.shape), create_graph=create_graph, is_grads_batched=True
-    )
-    rows = rows.reshape(dim, batch, dim)  # rows[i, b] = ∂dz_i/∂z for sample b
+    rows = _vector_jacobian(
+        dz, z, basis.expand(dim, *z.shape), create_graph=create_graph, batched=True
+    ).reshape(dim, batch, dim)  # rows[i, b] = ∂dz_i/∂z for sample b
     trace = rows.diagonal(dim1=0, dim2=2).sum(dim=-1)
     return trace, rows.square().sum(dim=(0, 2)) if frobenius else None

@@ -85,7 +85,10 @@ class _Dynamics:
         create_graph = torch.is_grad_enabled()
         frobenius = self.rnode is not None and self.rnode.jacobian_norm > 0
         with torch.enable_grad():
-            z = state[0] if state[0].requires_grad else state[0].detach().requires_grad_(True)
+            z = state[0]
+            if not (create_graph and z.requires_grad):
+                # a fresh leaf: the state carries no graph we need (no-grad solves, adjoint forward)
+                z = z.detach().requires_grad_(True)
             dz = self.net(t, z, context=self.context)
             if dz.shape != z.shape:
                 raise ValueError(
