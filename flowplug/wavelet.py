@@ -76,23 +76,33 @@ def _analysis(
 def _synthesis(
     coarse: torch.Tensor, details: torch.Tensor, coarse_scale: float, detail_scale: float
 ) -> torch.Tensor:
-    """``coarse (B, C, h, w)``, ``details (B, 3C, h, w)`` → ``(B, C, 2h, 2w)``: ``H · S`` on every block."""
+    """``coarse (B, C, h, w)``, ``details (B, 3C, h, w)`` → ``(B, C, 2h, 2w)``: ``H·S`` per block.
+
+    The output interleaves the pixel pairs ``(x1, x2)`` and ``(x3, x4)`` along W, and strided writes
+    are slow on CPU. So each pair is written as one complex number (a complex tensor *is* a float
+    tensor with real and imaginary parts adjacent): ``(1 - i)(q + i p) = (p + q) + i(p - q)`` gives
+    the pair ``(p + q, p - q)`` in one contiguous, vectorised multiply straight into the output.
+    With ``a, d = coarse_scale, detail_scale`` and ``r = a / d``:
+
+        top rows:     (x1, x2) =  d(1 - i) · [(y2 + y3) + i(y1 + r·xbar)]
+        bottom rows:  (x3, x4) = -d(1 - i) · [(y3 - y2) + i(y1 - r·xbar)]
+
+    so every scale rides on an ``alpha`` or on the rotation: no separate scaling pass.
+    """
+    if coarse.dtype not in (torch.float32, torch.float64):
+        # (b)float16 has no complex counterpart: compute in float32 and round once at the end
+        wide = _synthesis(coarse.float(), details.float(), coarse_scale, detail_scale)
+        return wide.to(coarse.dtype)
     batch, channels, height, width = coarse.shape
-    if coarse_scale != 1.0:
-        coarse = coarse * coarse_scale
-    if detail_scale != 1.0:
-        details = details * detail_scale
-    y1, y2, y3 = details.view(batch, 3, channels, height, width).unbind(1)
-    top = coarse + y1  # shared by x1, x2
-    bottom = coarse - y1  # shared by x3, x4
-    right_plus = y2 + y3
-    right_minus = y2 - y3
-    out = coarse.new_empty(batch, channels, height, 2, width, 2)
-    torch.add(top, right_plus, out=out[:, :, :, 0, :, 0])  # x1
-    torch.sub(top, right_plus, out=out[:, :, :, 0, :, 1])  # x2
-    torch.add(bottom, right_minus, out=out[:, :, :, 1, :, 0])  # x3
-    torch.sub(bottom, right_minus, out=out[:, :, :, 1, :, 1])  # x4
-    return out.view(batch, channels, 2 * height, 2 * width)
+    y1, y2, y3 = details.reshape(batch, 3, channels, height, width).unbind(1)
+    ratio = coarse_scale / detail_scale
+    rotation = complex(detail_scale, -detail_scale)
+    pairs = torch.view_as_complex(coarse.new_empty(batch, channels, height, 2, width, 2))
+    top = torch.complex(y2 + y3, torch.add(y1, coarse, alpha=ratio))
+    torch.mul(top, rotation, out=pairs[:, :, :, 0])
+    bottom = torch.complex(torch.sub(y3, y2), torch.sub(y1, coarse, alpha=ratio))
+    torch.mul(bottom, -rotation, out=pairs[:, :, :, 1])
+    return torch.view_as_real(pairs).view(batch, channels, 2 * height, 2 * width)
 
 
 class _Analysis(Function):

@@ -123,6 +123,30 @@ def test_bfloat16_and_non_contiguous_input():
     assert torch.allclose(haar_reconstruct(cb, db).float(), xb.float(), atol=0.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reconstruct_in_half_precision_matches_float32(dtype):
+    coarse, details = haar_decompose(torch.randn(2, 3, 6, 8))
+    low = haar_reconstruct(coarse.to(dtype), details.to(dtype))
+    assert low.dtype == dtype
+    ref = haar_reconstruct(coarse.to(dtype).float(), details.to(dtype).float())
+    torch.testing.assert_close(low, ref.to(dtype))
+
+
+def test_reconstruct_non_contiguous_and_expanded_inputs():
+    coarse, details = haar_decompose(torch.randn(2, 3, 6, 8, dtype=torch.float64))
+    strided = haar_reconstruct(
+        coarse.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),  # channels-last storage
+        torch.cat([details, details], dim=1)[:, ::2],  # every other channel of a doubled tensor
+    )
+    doubled = torch.cat([details, details], dim=1)[:, ::2].contiguous()
+    torch.testing.assert_close(strided, haar_reconstruct(coarse, doubled), rtol=0, atol=0)
+    # the gradient of a sum reaches the synthesis as an expanded (stride-0) tensor
+    x = torch.randn(1, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    haar_decompose(x)[1].sum().backward()
+    expected = torch.tensor([[3.0, -1.0], [-1.0, -1.0]], dtype=torch.float64) / C
+    torch.testing.assert_close(x.grad[0, 0], expected, rtol=0, atol=1e-15)
+
+
 @given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
 def test_pyramid_round_trip_and_shapes(levels, channels, seed):
     size = 2 ** (levels - 1) * 2
