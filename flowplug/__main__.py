@@ -1,0 +1,7 @@
+"""``python -m flowplug`` runs the command line."""
+
+import sys
+
+from flowplug.cli import main
+
+sys.exit(main())

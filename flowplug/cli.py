@@ -1,0 +1,237 @@
+"""The ``flowplug`` command: ``train``, ``sample``, ``evaluate`` and ``info``.
+
+``flowplug train`` with no arguments trains the default model (MRCNF) on the embedded digits and
+writes a run folder under ``runs/``. Every bad name, path or option is reported before training
+starts, as ``flowplug: error: ...`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowplug.data import DATASET_NAMES, ImageData, load_dataset
+from flowplug.registry import build, components, get_component
+from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, load_checkpoint
+from flowplug.train.feedback import save_image_grid
+
+__all__ = ["PRESETS", "main"]
+
+_MODEL_MODULES = ("flowplug.models.baselines", "flowplug.models.mrcnf")
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "mrcnf": {"model": {}, "train": {"steps": 300, "batch_size": 64}},
+    "glow": {"model": {"levels": 2, "depth": 4, "hidden_channels": 32},
+             "train": {"steps": 500, "batch_size": 64}},
+    "realnvp": {"model": {"levels": 2, "depth": 3, "hidden_channels": 32},
+                "train": {"steps": 500, "batch_size": 64}},
+}
+"""Per-model defaults for ``flowplug train --model NAME``: model keyword arguments (besides
+``image_shape``) and trainer options used when the command line does not set them."""
+
+
+class _UsageError(Exception):
+    """A problem with the command line itself."""
+
+
+def _load_models() -> None:
+    """Import the modules that register flowplug's models (those that exist in this version)."""
+    for name in _MODEL_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+
+
+def _model_spec(args: argparse.Namespace, data: ImageData) -> tuple[dict[str, Any], dict]:
+    """The model spec and the trainer options the model or config file brings."""
+    if args.config is not None:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config file {str(path)!r} is not valid JSON: {error}") from None
+        if not isinstance(config, dict) or "model" not in config:
+            raise ValueError(f"config file {str(path)!r} needs a 'model' spec "
+                             "(and optionally 'train' options)")
+        spec = config["model"] if isinstance(config["model"], dict) else {"type": config["model"]}
+        train = config.get("train", {})
+    else:
+        preset = PRESETS.get(args.model, {"model": {}, "train": {}})
+        spec, train = {"type": args.model, **preset["model"]}, dict(preset["train"])
+    info = get_component(spec.get("type", ""))
+    if info.kind != "model":
+        raise ValueError(f"{info.name!r} is a {info.kind}, not a model; models: "
+                         f"{', '.join(components('model'))}")
+    spec.setdefault("image_shape", list(data.image_shape))
+    return spec, train
+
+
+def _trainer_config(args: argparse.Namespace, preset: dict[str, Any]) -> TrainConfig:
+    options = dict(preset)
+    given = {"steps": args.steps, "epochs": args.epochs, "minutes": args.minutes}
+    if any(v is not None for v in given.values()):
+        for key in given:
+            options.pop(key, None)
+    for key in ("steps", "epochs", "minutes", "batch_size", "lr", "seed", "precision",
+                "eval_every", "sample_every", "checkpoint_every", "num_samples", "temperature",
+                "ema_decay", "accumulation"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if args.minutes is not None and args.steps is None and args.epochs is None:
+        options.setdefault("schedule", "constant")
+    if args.hflip:
+        options["hflip"] = True
+    options["progress"] = not args.no_progress
+    return TrainConfig.from_dict(options)
+
+
+def _train(args: argparse.Namespace) -> int:
+    data = load_dataset(args.data, root=args.data_root)
+    train_data, val_data = data.split(args.holdout, seed=args.seed or 0)
+    spec, preset = _model_spec(args, data)
+    config = _trainer_config(args, preset)
+    torch.manual_seed(config.seed)
+    model = build(spec)
+    out = Path(args.out or f"runs/{spec['type']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if config.checkpoint_every is None:
+        config.checkpoint_every = max(1, (config.steps or 1000) // 4)
+    trainer = Trainer(model, config, out_dir=out, device=args.device)
+    report = trainer.fit(train_data, val_data, resume=args.resume)
+    print((out / "report.txt").read_text() if (out / "report.txt").exists() else report)
+    print(f"run folder: {out}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> tuple[Trainer, dict[str, Any]]:
+    state = load_checkpoint(args.checkpoint)
+    model = build_model(state)
+    options = {**state["trainer_config"], "progress": False}
+    trainer = Trainer(model, TrainConfig.from_dict(options), device=args.device)
+    trainer.load_state_dict(state, state["data"])
+    return trainer, state
+
+
+def _sample(args: argparse.Namespace) -> int:
+    trainer, _ = _restore(args)
+    torch.manual_seed(args.seed)
+    v = trainer.sample(args.num, args.temperature)
+    out = Path(args.out or Path(args.checkpoint).with_suffix(".png"))
+    save_image_grid(v, out)
+    print(f"wrote {args.num} samples (temperature {args.temperature}) to {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    trainer, state = _restore(args)
+    data = load_dataset(args.data, root=args.data_root, train=args.split != "test")
+    if args.split == "held-out":
+        data = data.split(args.holdout, seed=args.seed)[1]
+    elif args.split == "train":
+        data = data.split(args.holdout, seed=args.seed)[0]
+    expected = tuple(state["data"]["image_shape"]), state["data"]["n_bins"]
+    if (data.image_shape, data.n_bins) != expected:
+        raise ValueError(f"the checkpoint's model is for images {expected[0]} with n_bins="
+                         f"{expected[1]}; {data.name} has {data.image_shape}, n_bins={data.n_bins}")
+    result = trainer.evaluate(data)
+    print(json.dumps({"data": data.name, "step": state["step"], **result}, indent=2))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from flowplug.train import resolve_device
+
+    for kind in ("model", "flow", "distribution", "net"):
+        names = components(kind)
+        print(f"{kind}s ({len(names)}): {', '.join(names) if names else '-'}")
+    print(f"datasets: {', '.join(DATASET_NAMES)}, or a path to an .npz file or image folder")
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(f"devices: cpu; cuda: {', '.join(cuda) if cuda else 'none'}; "
+          f"mps: {'yes' if torch.backends.mps.is_available() else 'no'}; "
+          f"auto picks {resolve_device('auto')}")
+    print(f"torch {torch.__version__}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowplug", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model and write a run folder")
+    which = train.add_mutually_exclusive_group()
+    which.add_argument("--model", default="mrcnf", help="registered model name (default mrcnf)")
+    which.add_argument("--config", help="JSON file with a 'model' spec and 'train' options")
+    train.add_argument("--data", default="digits",
+                       help=f"{', '.join(DATASET_NAMES)} or a path (default digits)")
+    train.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
+    train.add_argument("--holdout", type=float, default=0.1, help="held-out fraction (0.1)")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--epochs", type=float)
+    train.add_argument("--minutes", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--accumulation", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--ema-decay", type=float)
+    train.add_argument("--precision", choices=("auto", "float32", "float64", "bf16"))
+    train.add_argument("--seed", type=int)
+    train.add_argument("--hflip", action="store_true", help="random left-right flips")
+    train.add_argument("--eval-every", type=int)
+    train.add_argument("--sample-every", type=int)
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--num-samples", type=int)
+    train.add_argument("--temperature", type=float)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda[:i] or mps")
+    train.add_argument("--out", help="run folder (default runs/<model>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    for name, run, text in (("sample", _sample, "save a PNG grid of samples from a checkpoint"),
+                            ("evaluate", _evaluate, "BPD of a checkpoint on a dataset")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("checkpoint")
+        command.add_argument("--device", default="auto")
+        command.add_argument("--seed", type=int, default=0)
+        command.set_defaults(run=run)
+        if name == "sample":
+            command.add_argument("--num", type=int, default=64)
+            command.add_argument("--temperature", type=float, default=1.0)
+            command.add_argument("--out", help="PNG path (default: beside the checkpoint)")
+        else:
+            command.add_argument("--data", default="digits")
+            command.add_argument("--data-root")
+            command.add_argument("--split", default="held-out",
+                                 choices=("held-out", "train", "all", "test"),
+                                 help="held-out/train: the training run's split (same "
+                                      "--holdout and --seed); all; test: torchvision's test set")
+            command.add_argument("--holdout", type=float, default=0.1)
+
+    commands.add_parser("info", help="registered components and devices").set_defaults(run=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 for a reported error)."""
+    args = _parser().parse_args(argv)
+    _load_models()
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as error:
+        print(f"flowplug: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

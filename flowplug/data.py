@@ -1,0 +1,217 @@
+"""Image datasets for training and evaluation: integer images in memory with their grey levels.
+
+Every source becomes an :class:`ImageData`: ``x`` of dtype uint8 and shape ``(N, C, H, W)``
+holding levels ``0 .. n_bins-1``. Dequantisation to ``v`` in ``[0, 1)`` (DESIGN.md section 3)
+happens in the trainer, once per pixel.
+
+Sources (:func:`load_dataset`):
+
+- ``"digits"`` (the default): embedded in the package, the UCI handwritten digits, 1,797 images
+  of 1x8x8 with 17 levels (``n_bins=17``), CC BY 4.0 (see ``flowplug/datasets/README.txt``);
+- a ``.npz`` file with ``x`` (uint8, NxCxHxW) and optionally ``n_bins`` (default 256);
+- a folder of image files (PNG, JPEG, ... read with pillow), all of one size, as 8-bit RGB or,
+  with ``channels=1``, grey;
+- ``"cifar10"`` / ``"mnist"`` through torchvision (when installed) under ``root``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DATASET_NAMES",
+    "ImageData",
+    "check_images",
+    "load_dataset",
+    "load_image_folder",
+    "load_npz",
+    "random_hflip",
+]
+
+DATASET_NAMES = ("digits", "cifar10", "mnist")
+"""Names :func:`load_dataset` accepts besides paths."""
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A set of integer images held in memory.
+
+    ``x``: uint8 tensor ``(N, C, H, W)`` with values in ``[0, n_bins)``; ``name``: where it came
+    from (recorded in checkpoints and reports).
+    """
+
+    x: torch.Tensor
+    n_bins: int
+    name: str
+
+    def __post_init__(self) -> None:
+        check_images(self.x, self.n_bins, self.name)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def info(self) -> dict[str, object]:
+        """Plain description stored in checkpoints: name, ``n_bins``, image shape and size."""
+        return {
+            "name": self.name,
+            "n_bins": self.n_bins,
+            "image_shape": list(self.image_shape),
+            "num_images": len(self),
+        }
+
+    def split(self, holdout: float, seed: int = 0) -> tuple[ImageData, ImageData]:
+        """``(train, held_out)``, ``held_out`` being a seeded random fraction ``holdout``."""
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout}")
+        n_held = max(1, round(holdout * len(self)))
+        if n_held >= len(self):
+            raise ValueError(f"holdout={holdout} of {len(self)} images leaves none to train on")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        held, train = order[:n_held].sort().values, order[n_held:].sort().values
+        return (
+            ImageData(self.x[train], self.n_bins, f"{self.name}[train]"),
+            ImageData(self.x[held], self.n_bins, f"{self.name}[held-out]"),
+        )
+
+
+def check_images(x: object, n_bins: int, name: str) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``x`` is uint8 ``(N, C, H, W)``
+    with values below ``n_bins``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: images must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.uint8:
+        raise TypeError(f"{name}: images must have dtype uint8, got {x.dtype}")
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(
+            f"{name}: images must have shape (N, C, H, W) with N > 0, got {tuple(x.shape)}"
+        )
+    if not isinstance(n_bins, int) or not 2 <= n_bins <= 256:
+        raise ValueError(f"{name}: n_bins must be an integer in [2, 256], got {n_bins!r}")
+    top = int(x.max())
+    if top >= n_bins:
+        raise ValueError(f"{name}: pixel value {top} is not below n_bins={n_bins}")
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image of a batch left-right with probability 1/2 (draws from ``generator``)."""
+    flip = (
+        torch.rand(x.shape[0], generator=generator, device=generator.device if generator else "cpu")
+        < 0.5
+    )
+    flip = flip.to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+def _embedded_digits() -> ImageData:
+    source = resources.files("flowplug").joinpath("datasets", "digits.npz")
+    with resources.as_file(source) as path:
+        return load_npz(path, n_bins=17, name="digits")
+
+
+def load_npz(path: str | Path, *, n_bins: int | None = None, name: str | None = None) -> ImageData:
+    """Images from an ``.npz`` holding ``x`` (uint8, NxCxHxW) and optionally ``n_bins``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path}: not a readable .npz file ({error})") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not an .npz archive (np.load read a single array)")
+    with archive:
+        if "x" not in archive:
+            raise ValueError(
+                f"{path}: an .npz dataset needs an array 'x', found {sorted(archive.files)}"
+            )
+        x = archive["x"]
+        stored_bins = int(archive["n_bins"]) if "n_bins" in archive else None
+    if x.dtype != np.uint8:
+        raise TypeError(f"{path}: 'x' must have dtype uint8, got {x.dtype}")
+    return ImageData(torch.from_numpy(x), n_bins or stored_bins or 256, name or str(path))
+
+
+def load_image_folder(path: str | Path, *, channels: int = 3) -> ImageData:
+    """Every image file directly in ``path`` (by name), 8-bit RGB (``channels=3``) or grey (1)."""
+    from PIL import Image
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(
+            f"image folder {str(path)!r} holds no image files "
+            f"({', '.join(sorted(_IMAGE_SUFFIXES))})"
+        )
+    arrays = []
+    for file in files:
+        with Image.open(file) as image:
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        if arrays and array.shape != arrays[0].shape:
+            raise ValueError(
+                f"{file}: size {array.shape[:2]} differs from the first image's "
+                f"{arrays[0].shape[:2]}"
+            )
+        arrays.append(array)
+    x = np.stack(arrays)
+    x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
+    return ImageData(torch.from_numpy(np.ascontiguousarray(x)), 256, str(path))
+
+
+def _torchvision(name: str, root: str | Path | None, train: bool) -> ImageData:
+    try:
+        import torchvision
+    except ImportError:
+        raise ValueError(f"dataset {name!r} needs torchvision, which is not installed") from None
+    if root is None:
+        raise ValueError(
+            f"dataset {name!r} needs a root folder holding torchvision's files (data_root=...)"
+        )
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "mnist": torchvision.datasets.MNIST}[name]
+    dataset = cls(str(root), train=train, download=False)
+    x = torch.as_tensor(np.asarray(dataset.data))
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return ImageData(x.contiguous(), 256, name)
+
+
+def load_dataset(
+    name_or_path: str | Path = "digits",
+    *,
+    root: str | Path | None = None,
+    train: bool = True,
+    channels: int = 3,
+) -> ImageData:
+    """Load a dataset by name (:data:`DATASET_NAMES`) or path (``.npz`` file or image folder).
+
+    ``root`` is torchvision's data folder, ``train`` picks its training or test set, and
+    ``channels`` applies to image folders. Unknown names and missing paths raise
+    ``FileNotFoundError``, unreadable or ill-shaped data ``ValueError``/``TypeError``.
+    """
+    if str(name_or_path) == "digits":
+        return _embedded_digits()
+    if str(name_or_path) in ("cifar10", "mnist"):
+        return _torchvision(str(name_or_path), root, train)
+    path = Path(name_or_path)
+    if path.is_dir():
+        return load_image_folder(path, channels=channels)
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.exists():
+        raise ValueError(f"{str(path)!r} is neither an .npz file nor a folder of images")
+    raise FileNotFoundError(
+        f"unknown dataset {str(name_or_path)!r}: not one of {', '.join(DATASET_NAMES)} "
+        "and no such file or folder"
+    )

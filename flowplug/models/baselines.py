@@ -1,0 +1,199 @@
+"""Multi-scale baselines, Glow and RealNVP, from normflows' layers behind flowplug's model API.
+
+Both are normflows ``MultiscaleFlow`` models with ``L`` levels. In the density direction each
+level squeezes its input (``(c, h, w) -> (4c, h/2, w/2)``), applies ``K`` blocks and, except at
+the coarsest level, factors half of the channels out as a latent; the coarsest level keeps all of
+them. Level ``i`` (0 = coarsest) therefore acts on ``C * 2^(L+1-i)`` channels at
+``H/2^(L-i) x W/2^(L-i)``, and ``H`` and ``W`` must be divisible by ``2^L``. The base
+distributions are normflows' ``GlowBase`` (a learned per-channel Gaussian).
+
+The models see ``v`` in ``[0, 1)`` (DESIGN.md section 3) and first map it to the real line with
+normflows' ``Logit`` transform ``logit(alpha + (1 - 2 alpha) v)``, whose exact log-determinant is
+part of ``log_prob``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import normflows as nf
+import torch
+from torch import nn
+
+from flowplug._normflows_components import affine_coupling_block
+from flowplug.models.base import FlowModel
+from flowplug.registry import register
+
+__all__ = ["Glow", "RealNVP"]
+
+
+class _MultiscaleFlow(nf.MultiscaleFlow):
+    """normflows' ``MultiscaleFlow`` with the one 1.7.3 bug flowplug meets worked around.
+
+    ``MultiscaleFlow.log_prob(x, y)`` in normflows 1.7.3 requires ``y`` even for unconditional
+    models
+    (``class_cond=False``); here ``y`` defaults to ``None``.
+    """
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return super().log_prob(x, y)
+
+
+class _MultiscaleModel(FlowModel):
+    """Shared body of :class:`Glow` and :class:`RealNVP`; subclasses build one level's flows."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        levels: int,
+        depth: int,
+        alpha: float,
+        config: dict[str, Any],
+        level_flows: Callable[[int], list[nn.Module]],
+    ) -> None:
+        """``level_flows(channels)`` builds one level's flows in the sampling direction on
+        ``channels``."""
+        super().__init__()
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ValueError(
+                f"image_shape must be (C, H, W) with positive sizes, got {image_shape}"
+            )
+        if not isinstance(levels, int) or levels < 1:
+            raise ValueError(f"levels must be a positive integer, got {levels!r}")
+        channels, height, width = image_shape
+        if height % 2**levels or width % 2**levels:
+            raise ValueError(
+                f"{type(self).__name__} with levels={levels} needs H and W divisible by "
+                f"{2**levels}, got image_shape {image_shape}"
+            )
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        if not 0.0 <= alpha < 0.5:
+            raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}")
+        self.image_shape = image_shape
+        self.config = config
+
+        base, flows, merges = [], [], []
+        for i in range(levels):
+            scale = 2 ** (levels - i)
+            level_channels = channels * 2 ** (levels + 1 - i)
+            latent_channels = level_channels if i == 0 else level_channels // 2
+            base.append(
+                nf.distributions.GlowBase((latent_channels, height // scale, width // scale))
+            )
+            flows.append(level_flows(level_channels))
+            if i > 0:
+                merges.append(nf.flows.Merge())
+        self.flow = _MultiscaleFlow(
+            base, flows, merges, transform=nf.transforms.Logit(alpha), class_cond=False
+        )
+
+    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        self.check_input(v)
+        return self.flow.log_prob(v)
+
+    def sample(
+        self, num_samples: int = 1, temperature: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        return self.flow.sample(num_samples, temperature=temperature)
+
+    def forward_and_log_det(self, z: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``v`` from the per-level latents ``z`` (coarsest first) and ``log|det ∂v/∂z|``."""
+        return self.flow.forward_and_log_det(z)
+
+    def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-level latents (coarsest first) of ``v`` and ``log|det ∂z/∂v|``."""
+        self.check_input(v)
+        return self.flow.inverse_and_log_det(v)
+
+
+@register("glow", kind="model")
+class Glow(_MultiscaleModel):
+    """Glow (Kingma & Dhariwal 2018): per level ``depth`` GlowBlocks (affine coupling, 1x1 conv,
+    ActNorm).
+
+    ``hidden_channels`` is the width of each coupling network; ``scale_map`` is the coupling's scale
+    nonlinearity (``"sigmoid"`` as in Glow, or ``"exp"``). ActNorm initialises from the first batch
+    it sees.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        levels: int = 2,
+        depth: int = 4,
+        hidden_channels: int = 64,
+        alpha: float = 0.05,
+        scale_map: str = "sigmoid",
+    ) -> None:
+        config = {
+            "type": "glow",
+            "image_shape": list(image_shape),
+            "levels": levels,
+            "depth": depth,
+            "hidden_channels": hidden_channels,
+            "alpha": alpha,
+            "scale_map": scale_map,
+        }
+
+        def level_flows(channels: int) -> list[nn.Module]:
+            blocks = [
+                nf.flows.GlowBlock(
+                    channels, hidden_channels, scale_map=scale_map, split_mode="channel"
+                )
+                for _ in range(depth)
+            ]
+            return [*blocks, nf.flows.Squeeze()]
+
+        super().__init__(image_shape, levels, depth, alpha, config, level_flows)
+
+
+@register("realnvp", kind="model")
+class RealNVP(_MultiscaleModel):
+    """RealNVP (Dinh et al. 2017): affine couplings with checkerboard then channel masks, no 1x1
+    convolutions.
+
+    In the density direction each level applies ``depth`` checkerboard couplings (alternating
+    masks) before
+    its squeeze and ``depth`` channel couplings (alternating halves) after it; coupling networks
+    have
+    ``hidden_channels`` channels and exponential scales.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        levels: int = 2,
+        depth: int = 3,
+        hidden_channels: int = 64,
+        alpha: float = 0.05,
+    ) -> None:
+        config = {
+            "type": "realnvp",
+            "image_shape": list(image_shape),
+            "levels": levels,
+            "depth": depth,
+            "hidden_channels": hidden_channels,
+            "alpha": alpha,
+        }
+
+        def couplings(channels: int, modes: tuple[str, str]) -> list[nn.Module]:
+            return [
+                affine_coupling_block(channels, hidden_channels, split_mode=modes[k % 2])
+                for k in range(depth)
+            ]
+
+        def level_flows(channels: int) -> list[nn.Module]:
+            # Sampling order: channel couplings, un-squeeze, checkerboard couplings at the finer
+            # resolution.
+            channel = couplings(channels, ("channel", "channel_inv"))
+            checkerboard = couplings(channels // 4, ("checkerboard", "checkerboard_inv"))
+            return [*channel, nf.flows.Squeeze(), *checkerboard]
+
+        super().__init__(image_shape, levels, depth, alpha, config, level_flows)

@@ -1,0 +1,46 @@
+"""Training objectives: a callable ``(model, v, n_bins) -> (loss, metrics)`` chosen by name.
+
+``loss`` is the scalar to minimise for the batch ``v`` (dequantised images in ``[0, 1)``);
+``metrics`` are detached scalars to log. Extra loss terms that components contribute
+(:mod:`flowplug.losses`) are added by the trainer, not here. Objectives register in
+:data:`OBJECTIVES`; ``"likelihood"`` is maximum likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from flowplug.metrics import bits_per_dim
+
+__all__ = ["OBJECTIVES", "Objective", "get_objective", "likelihood"]
+
+Objective = Callable[[nn.Module, torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def likelihood(
+    model: nn.Module, v: torch.Tensor, n_bins: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean negative log-likelihood; logs ``nll`` and ``bpd`` (DESIGN.md section 3)."""
+    log_prob = model.log_prob(v)
+    nll = -log_prob.mean()
+    bpd = bits_per_dim(log_prob.detach().mean(), math.prod(v.shape[1:]), n_bins)
+    return nll, {"nll": nll.detach(), "bpd": bpd}
+
+
+OBJECTIVES: dict[str, Objective] = {"likelihood": likelihood}
+
+
+def get_objective(objective: str | Objective) -> Objective:
+    """An objective by name (a key of :data:`OBJECTIVES`) or the callable itself."""
+    if callable(objective):
+        return objective
+    try:
+        return OBJECTIVES[objective]
+    except KeyError:
+        raise ValueError(
+            f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)} or a callable"
+        ) from None

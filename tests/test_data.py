@@ -1,0 +1,97 @@
+"""Datasets: the embedded digits, .npz files, image folders, held-out splits, flips and bad
+input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flowplug.data import ImageData, load_dataset, load_npz, random_hflip
+
+
+def test_embedded_digits():
+    data = load_dataset()
+    assert data.name == "digits" and data.n_bins == 17
+    assert data.x.shape == (1797, 1, 8, 8) and data.x.dtype == torch.uint8
+    assert int(data.x.max()) == 16 and int(data.x.min()) == 0
+
+
+def test_split_is_disjoint_seeded_and_complete():
+    data = ImageData(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1), 256, "ramp")
+    train, held = data.split(0.2, seed=1)
+    assert len(train) == 40 and len(held) == 10
+    values = sorted(train.x.flatten().tolist() + held.x.flatten().tolist())
+    assert values == list(range(50))
+    assert torch.equal(held.x, data.split(0.2, seed=1)[1].x)
+    assert not torch.equal(held.x, data.split(0.2, seed=2)[1].x)
+    with pytest.raises(ValueError, match="holdout"):
+        data.split(1.5)
+
+
+def test_npz_round_trip(tmp_path):
+    x = np.random.default_rng(0).integers(0, 4, size=(6, 3, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, n_bins=4)
+    data = load_dataset(tmp_path / "d.npz")
+    assert data.n_bins == 4 and torch.equal(data.x, torch.from_numpy(x))
+    np.savez(tmp_path / "e.npz", x=x)
+    assert load_npz(tmp_path / "e.npz").n_bins == 256
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(3, 4, 6, 3), dtype=np.uint8)
+    for i, array in enumerate(pixels):
+        Image.fromarray(array).save(tmp_path / f"{i}.png")
+    data = load_dataset(tmp_path)
+    assert data.x.shape == (3, 3, 4, 6) and torch.equal(
+        data.x, torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    )
+    assert load_dataset(tmp_path, channels=1).x.shape == (3, 1, 4, 6)
+
+
+def test_hflip_flips_about_half_and_only_mirrors():
+    x = torch.arange(2 * 3, dtype=torch.uint8).view(1, 1, 2, 3).repeat(200, 1, 1, 1)
+    out = random_hflip(x, torch.Generator().manual_seed(0))
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    same = (out == x).flatten(1).all(1)
+    assert bool((flipped | same).all()) and 60 < int(flipped.sum()) < 140
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda p: "no_such_dataset", FileNotFoundError, "unknown dataset 'no_such_dataset'"),
+        (lambda p: p / "missing.npz", FileNotFoundError, "missing.npz"),
+        (
+            lambda p: np.savez(p / "f.npz", x=np.zeros((2, 1, 4, 4), np.float32)) or p / "f.npz",
+            TypeError,
+            "uint8",
+        ),
+        (
+            lambda p: np.savez(p / "s.npz", x=np.zeros((2, 4, 4), np.uint8)) or p / "s.npz",
+            ValueError,
+            "N, C, H, W",
+        ),
+        (lambda p: np.savez(p / "k.npz", y=np.zeros(2)) or p / "k.npz", ValueError, "'x'"),
+        (
+            lambda p: (p / "bad.npz").write_bytes(b"not a zip") and p / "bad.npz",
+            ValueError,
+            "not a readable",
+        ),
+        (lambda p: (p / "a.txt").write_text("x") and p / "a.txt", ValueError, "neither"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", ValueError, "no image files"),
+    ],
+)
+def test_bad_sources(tmp_path, make, error, match):
+    with pytest.raises(error, match=match):
+        load_dataset(make(tmp_path))
+
+
+def test_values_above_n_bins_and_wrong_types():
+    with pytest.raises(ValueError, match="not below n_bins=4"):
+        ImageData(torch.full((1, 1, 2, 2), 4, dtype=torch.uint8), 4, "t")
+    with pytest.raises(TypeError, match="uint8"):
+        ImageData(torch.zeros(1, 1, 2, 2), 4, "t")
