@@ -3,8 +3,12 @@
 from flowplug.cnf import CNF, ConvODENet, MLPODENet, SolverSettings
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
+from flowplug.data import ImageData, load_dataset
+from flowplug.models.baselines import Glow, RealNVP
 from flowplug.models.mrcnf import MRCNF
 from flowplug.registry import build, components, get_component, register
+from flowplug.standardize import Standardize
+from flowplug.train import CheckpointError, TrainConfig, Trainer, load_checkpoint
 from flowplug.wavelet import (
     HaarMerge,
     HaarSplit,
@@ -20,6 +24,15 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CNF",
     "MRCNF",
+    "CheckpointError",
+    "Glow",
+    "ImageData",
+    "RealNVP",
+    "Standardize",
+    "TrainConfig",
+    "Trainer",
+    "load_checkpoint",
+    "load_dataset",
     "ConvODENet",
     "FlowModel",
     "MLPODENet",

@@ -8,7 +8,6 @@ starts, as ``flowplug: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -25,8 +24,6 @@ from flowplug.train.feedback import save_image_grid
 
 __all__ = ["PRESETS", "main"]
 
-_MODEL_MODULES = ("flowplug.models.baselines", "flowplug.models.mrcnf")
-
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mrcnf": {"model": {}, "train": {"steps": 300, "batch_size": 64}},
     "glow": {"model": {"levels": 2, "depth": 4, "hidden_channels": 32},
@@ -38,18 +35,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 ``image_shape``) and trainer options used when the command line does not set them."""
 
 
+def _level_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels must be comma-separated integers, got {text!r}") from None
+
+
 class _UsageError(Exception):
     """A problem with the command line itself."""
-
-
-def _load_models() -> None:
-    """Import the modules that register flowplug's models (those that exist in this version)."""
-    for name in _MODEL_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
 
 
 def _model_spec(args: argparse.Namespace, data: ImageData) -> tuple[dict[str, Any], dict]:
@@ -86,7 +80,7 @@ def _trainer_config(args: argparse.Namespace, preset: dict[str, Any]) -> TrainCo
             options.pop(key, None)
     for key in ("steps", "epochs", "minutes", "batch_size", "lr", "seed", "precision",
                 "eval_every", "sample_every", "checkpoint_every", "num_samples", "temperature",
-                "ema_decay", "accumulation"):
+                "ema_decay", "accumulation", "objective", "likelihood_after", "trainable_levels"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
@@ -186,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--ema-decay", type=float)
     train.add_argument("--precision", choices=("auto", "float32", "float64", "bf16"))
     train.add_argument("--seed", type=int)
+    train.add_argument("--objective", choices=("likelihood", "flow_matching"),
+                       help="training objective (CNF models can use flow_matching)")
+    train.add_argument("--likelihood-after", type=int, metavar="STEP",
+                       help="switch to likelihood fine-tuning from this step on")
+    train.add_argument("--levels", dest="trainable_levels", type=_level_list, metavar="S[,S...]",
+                       help="train only these levels of a multi-level model (e.g. 0,1)")
     train.add_argument("--hflip", action="store_true", help="random left-right flips")
     train.add_argument("--eval-every", type=int)
     train.add_argument("--sample-every", type=int)
@@ -225,7 +225,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 for a reported error)."""
     args = _parser().parse_args(argv)
-    _load_models()
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError, CheckpointError) as error:

@@ -39,7 +39,7 @@ from flowplug.train.checkpoint import (
 )
 from flowplug.train.distributed import rank_zero_only
 from flowplug.train.feedback import MetricsLogger, Progress, save_image_grid, write_report
-from flowplug.train.objectives import get_objective
+from flowplug.train.objectives import Objective, get_objective, likelihood
 
 __all__ = ["TrainConfig", "Trainer", "count_nfe", "resolve_device"]
 
@@ -69,6 +69,12 @@ class TrainConfig:
     """``"float32"``, ``"float64"``, ``"bf16"`` (autocast, CUDA) or ``"auto"``: bf16 on CUDA for
     discrete flows, float32 for CNFs (models with ``last_nfe`` modules) and on other devices."""
     objective: str = "likelihood"
+    """``"likelihood"``, ``"flow_matching"`` (CNF models) or a callable ``(model, v, n_bins) ->
+    (loss, metrics)``; evaluation always reports exact-likelihood bits per dimension."""
+    likelihood_after: int | None = None
+    """Switch to likelihood fine-tuning from this step on (e.g. after flow-matching pre-training)."""
+    trainable_levels: list[int] | None = None
+    """Train only these levels of a multi-level model (``set_trainable_levels``); the rest stay frozen."""
     seed: int = 0
     hflip: bool = False
     log_every: int = 10
@@ -87,7 +93,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accumulation", "eval_batch_size", "num_samples",
                      "keep_last", "max_bad_steps", "log_every", "eval_every", "sample_every",
-                     "checkpoint_every"):
+                     "checkpoint_every", "likelihood_after"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -190,6 +196,12 @@ class Trainer:
         self.model = model.to(self.device, dtype)
         self.dtype = dtype
         self.objective = get_objective(self.config.objective)
+        if self.config.trainable_levels is not None:
+            if not callable(getattr(model, "set_trainable_levels", None)):
+                raise ValueError(
+                    f"trainable_levels needs a multi-level model, {type(model).__name__} has no levels"
+                )
+            model.set_trainable_levels(self.config.trainable_levels)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
@@ -201,6 +213,7 @@ class Trainer:
         self._bad_run = 0
         self._total_steps: int | None = self.config.steps
         self._wrapped: nn.Module | None = None
+        self._wrapped_objective: Objective | None = None
         self._n_bins: int | None = None
         self._logger: MetricsLogger | None = None
 
@@ -239,14 +252,22 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def current_objective(self) -> Objective:
+        """The objective of the coming step: the configured one, or likelihood once
+        ``likelihood_after`` steps are done."""
+        switch = self.config.likelihood_after
+        return likelihood if switch is not None and self.step >= switch else self.objective
+
     def _module(self, n_bins: int) -> nn.Module:
-        """The (DDP-wrapped, in a process group) objective module, built on first use."""
-        if self._wrapped is None or self._n_bins != n_bins:
-            wrapped = _ObjectiveModule(self.model, self.objective, n_bins)
+        """The (DDP-wrapped, in a process group) objective module, built on first use and rebuilt
+        when the objective switches."""
+        objective = self.current_objective()
+        if self._wrapped is None or self._n_bins != n_bins or self._wrapped_objective is not objective:
+            wrapped = _ObjectiveModule(self.model, objective, n_bins)
             if distributed.is_distributed():
                 device_ids = [self.device.index] if self.device.type == "cuda" else None
                 wrapped = DistributedDataParallel(wrapped, device_ids=device_ids)
-            self._wrapped, self._n_bins = wrapped, n_bins
+            self._wrapped, self._n_bins, self._wrapped_objective = wrapped, n_bins, objective
         return self._wrapped
 
     # -- one step -----------------------------------------------------------------------------
@@ -260,10 +281,13 @@ class Trainer:
         ``FloatingPointError``. Returns the step's metrics averaged over processes.
         """
         if self.step == 0 and self._wrapped is None:
-            # Data-dependent initialisation (ActNorm) on this batch before DDP copies rank 0's
-            # state to every process.
+            # Data-dependent initialisation (MRCNF's standardisation, ActNorm) on this batch
+            # before DDP copies rank 0's state to every process.
             with torch.no_grad(), self._autocast():
-                self.objective(self.model, v, n_bins)
+                initialize = getattr(self.model, "initialize_from_data", None)
+                if callable(initialize):
+                    initialize(v)
+                self.current_objective()(self.model, v, n_bins)
         self._ensure_ema()
         module = self._module(n_bins)
         self.model.train()
