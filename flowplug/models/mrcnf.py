@@ -74,9 +74,12 @@ class ResolutionLevel(nn.Module):
         return [*self.flows, *self._preparation()]
 
     @torch.no_grad()
-    def initialize_standardization(self, x: torch.Tensor) -> None:
-        """Set the standardisation statistics from a batch of this level's tensors (after preprocessing)."""
-        if self.standardize is None:
+    def initialize_standardization(self, x: torch.Tensor, overwrite: bool = False) -> None:
+        """Set the standardisation statistics from a batch of this level's tensors (after preprocessing).
+
+        Statistics already set (e.g. of a trained level) are kept unless ``overwrite``.
+        """
+        if self.standardize is None or (bool(self.standardize.initialized) and not overwrite):
             return
         prepared = x if self.preprocess is None else run_inverse([self.preprocess], x)[0]
         self.standardize.initialize(prepared)
@@ -344,10 +347,14 @@ class MRCNF(FlowModel):
         return [*zip(details, contexts, strict=True), (coarsest, None)]
 
     @torch.no_grad()
-    def initialize_from_data(self, v: torch.Tensor) -> None:
-        """Set every level's standardisation from a (large) batch of training images ``v``."""
+    def initialize_from_data(self, v: torch.Tensor, overwrite: bool = False) -> None:
+        """Set the levels' standardisation from a (large) batch of training images ``v``.
+
+        Levels whose statistics are already set (trained, loaded or initialised before) keep them
+        unless ``overwrite``, so the trainer's first-batch initialisation never disturbs trained levels.
+        """
         for level, (x, _) in zip(self.levels, self._level_inputs(v), strict=True):
-            level.initialize_standardization(x)
+            level.initialize_standardization(x, overwrite)
 
     def level_flow_matching_losses(self, v: torch.Tensor, sigma: float = 1e-4) -> list[torch.Tensor]:
         """Per-level mean flow-matching losses (each level must be one CNF); see :mod:`flowplug.cnf.flow_matching`."""

@@ -23,7 +23,7 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from flowplug.data import ImageData, random_hflip
@@ -65,6 +65,8 @@ class TrainConfig:
     """``"cosine"`` (decay to 0 over the step/epoch budget after warm-up) or ``"constant"``."""
     grad_clip: float | None = 50.0
     ema_decay: float | None = 0.999
+    """Decay of the weights' moving average used for evaluation and samples (ramped up from 0.1
+    over the first updates); ``None`` evaluates the raw weights."""
     precision: str = "auto"
     """``"float32"``, ``"float64"``, ``"bf16"`` (autocast, CUDA) or ``"auto"``: bf16 on CUDA for
     discrete flows, float32 for CNFs (models with ``last_nfe`` modules) and on other devices."""
@@ -149,6 +151,28 @@ def count_nfe(model: nn.Module) -> int | None:
     """Sum of ``last_nfe`` over the model's modules (CNF function evaluations), None if none."""
     counts = [m.last_nfe for m in model.modules() if getattr(m, "last_nfe", None) is not None]
     return int(sum(counts)) if counts else None
+
+
+def _ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates.
+
+    A fixed decay of 0.999 would keep over half the weight on the first parameters for 600 steps,
+    so short runs would be evaluated at nearly their initialisation; the ramp follows the current
+    weights early and averages over about ``1 / (1 - decay)`` steps later on.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        n = float(num_averaged)
+        effective = min(decay, (1.0 + n) / (10.0 + n))
+        pairs = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if pairs:
+            torch._foreach_lerp_([a for a, _ in pairs], [c for _, c in pairs], 1.0 - effective)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():  # flags and counters (e.g. "initialised") are copied
+                a.copy_(c)
+
+    return update
 
 
 class _ObjectiveModule(nn.Module):
@@ -243,7 +267,7 @@ class Trainer:
         """Create the EMA copy, after any data-dependent initialisation has set the model up."""
         if self.ema is None and self.config.ema_decay is not None:
             self.ema = AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema_decay),
+                self.model, multi_avg_fn=_ema_with_warmup(self.config.ema_decay),
                 use_buffers=True,
             )
 

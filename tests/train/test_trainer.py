@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
@@ -38,12 +37,6 @@ def test_fits_discrete_flows_with_falling_loss(make, tiny_data, tmp_path):
 
 
 def test_fits_mrcnf_with_falling_loss(tiny_data, tmp_path):
-    try:
-        importlib.import_module("flowplug.models.mrcnf")
-    except ModuleNotFoundError:
-        pass
-    if "mrcnf" not in flowplug.components("model"):
-        pytest.skip("flowplug.models.mrcnf is not in this version")
     torch.manual_seed(0)
     model = flowplug.build({"type": "mrcnf", "image_shape": [2, 4, 4]})
     Trainer(model, TrainConfig(steps=20, **FAST), out_dir=tmp_path, device="cpu").fit(tiny_data)
