@@ -7,7 +7,14 @@ import torch
 from conftest import read_metric
 
 import flowplug
-from flowplug.train import TrainConfig, Trainer, build_model, load_checkpoint
+from flowplug.train import (
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    build_model,
+    combine_level_checkpoints,
+    load_checkpoint,
+)
 
 FAST = {"batch_size": 16, "progress": False, "tensorboard": False, "log_every": 1,
         "warmup_steps": 2, "lr": 3e-3, "schedule": "constant"}
@@ -84,3 +91,28 @@ def test_level_options_need_a_multi_level_model_and_flow_matching_a_cnf_model(ti
     trainer = Trainer(glow, TrainConfig(steps=1, objective="flow_matching", **FAST), device="cpu")
     with pytest.raises(NotImplementedError, match="Glow has no flow-matching objective"):
         trainer.fit(tiny_data)
+
+
+def test_levels_trained_in_separate_runs_combine_from_checkpoints(tiny_data, tmp_path):
+    for level in (0, 1):
+        config = TrainConfig(steps=4, trainable_levels=[level], objective="flow_matching", **FAST)
+        Trainer(tiny_mrcnf(seed=level), config, out_dir=tmp_path / f"level{level}", device="cpu").fit(tiny_data)
+    checkpoints = [next((tmp_path / f"level{s}" / "checkpoints").glob("step-*.pt")) for s in (0, 1)]
+    combined = combine_level_checkpoints([(checkpoints[0], [0]), (checkpoints[1], [1])]).eval()
+    v = flowplug.metrics.dequantize(tiny_data.x[:8], tiny_data.n_bins, generator=torch.Generator())
+    with torch.no_grad():
+        terms = combined.level_log_probs(v)
+        for s, path in enumerate(checkpoints):
+            source = combine_level_checkpoints([(path, [0, 1])]).eval()
+            assert torch.equal(terms[s], source.level_log_probs(v)[s])
+    with pytest.raises(ValueError, match="level 1 is asked from both"):
+        combine_level_checkpoints([(checkpoints[0], [1]), (checkpoints[1], [1])])
+
+
+def test_combining_refuses_models_of_another_config(tiny_data, tmp_path):
+    Trainer(tiny_mrcnf(), TrainConfig(steps=1, **FAST), out_dir=tmp_path / "a", device="cpu").fit(tiny_data)
+    other = flowplug.MRCNF((2, 4, 4), levels=2, hidden_channels=4, num_layers=2, train_solver=SOLVER)
+    Trainer(other, TrainConfig(steps=1, **FAST), out_dir=tmp_path / "b", device="cpu").fit(tiny_data)
+    a, b = (next((tmp_path / n / "checkpoints").glob("step-*.pt")) for n in "ab")
+    with pytest.raises(CheckpointError, match="holds a model of another config"):
+        combine_level_checkpoints([(a, [0]), (b, [1])])
