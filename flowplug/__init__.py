@@ -1,9 +1,9 @@
 """flowplug: multi-resolution continuous normalizing flows as normflows components."""
 
 from flowplug.cnf import CNF, ConvODENet, MLPODENet, SolverSettings
+from flowplug.data import ImageData, load_dataset
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
-from flowplug.data import ImageData, load_dataset
 from flowplug.models.baselines import Glow, RealNVP
 from flowplug.models.mrcnf import MRCNF
 from flowplug.registry import build, components, get_component, register
@@ -25,22 +25,20 @@ __all__ = [
     "CNF",
     "MRCNF",
     "CheckpointError",
-    "Glow",
-    "ImageData",
-    "RealNVP",
-    "Standardize",
-    "TrainConfig",
-    "Trainer",
-    "load_checkpoint",
-    "load_dataset",
     "ConvODENet",
     "FlowModel",
-    "MLPODENet",
-    "SolverSettings",
-    "StandardNormal",
+    "Glow",
     "HaarMerge",
     "HaarSplit",
     "HaarSqueeze",
+    "ImageData",
+    "MLPODENet",
+    "RealNVP",
+    "SolverSettings",
+    "StandardNormal",
+    "Standardize",
+    "TrainConfig",
+    "Trainer",
     "__version__",
     "build",
     "components",
@@ -49,5 +47,7 @@ __all__ = [
     "haar_pyramid",
     "haar_pyramid_reconstruct",
     "haar_reconstruct",
+    "load_checkpoint",
+    "load_dataset",
     "register",
 ]

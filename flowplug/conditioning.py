@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 __all__ = ["flow_forward", "flow_inverse", "run_forward", "run_inverse", "takes_context"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _method_takes_context(cls: type, method: str) -> bool:
     try:
         return "context" in inspect.signature(getattr(cls, method)).parameters

@@ -202,7 +202,7 @@ class HaarSqueeze(Flow):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image(z, "z")
-        batch, channels4, height, width = z.shape
+        channels4 = z.shape[1]
         if channels4 % 4:
             raise ValueError(
                 f"HaarSqueeze.forward needs a channel count divisible by 4, got shape {tuple(z.shape)}"

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from flowplug._checks import check_floating
-from flowplug.conditioning import run_forward, run_inverse
 from flowplug.cnf import CNF
 from flowplug.cnf.flow_matching import flow_matching_loss
+from flowplug.conditioning import run_forward, run_inverse
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
 from flowplug.registry import build, register

@@ -24,7 +24,7 @@ def test_integer_and_bool_dtypes_are_refused(dtype):
 
 
 def test_not_a_tensor():
-    with pytest.raises(TypeError, match="must be a torch.Tensor, got list"):
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor, got list"):
         haar_decompose([[1.0]])
 
 
