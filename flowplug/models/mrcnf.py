@@ -19,6 +19,8 @@ Because the levels' parameters are disjoint the loss separates: levels can be tr
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -185,8 +187,10 @@ class MRCNF(FlowModel):
             ``S-1`` = coarsest image), each listed in the sampling direction. Items are registry specs (the model
             then stays rebuildable from :attr:`config`) or modules. ``None`` entries (or ``level_flows=None``)
             take :func:`default_level_spec` with the options below.
-        hidden_channels, num_layers, cnfs_per_level, activation, T, divergence, probe, train_solver,
-            eval_solver, adjoint, kinetic_energy, jacobian_norm: options of the default CNF levels.
+        **level_options: options of the default CNF levels, the keyword arguments of
+            :func:`default_level_spec` (``hidden_channels=64``, ``num_layers=3``, ``cnfs_per_level=1``,
+            ``activation="softplus"``, ``T=1.0``, ``divergence="hutchinson"``, ``probe="rademacher"``,
+            ``train_solver``, ``eval_solver``, ``adjoint=False``, ``kinetic_energy=0.0``, ``jacobian_norm=0.0``).
         logit_alpha: the coarsest level's logit squeezes ``[0, 1]`` into ``[α, 1 − α]`` first.
         standardize: give every level a per-channel :class:`~flowplug.standardize.Standardize` (after the
             logit at the coarsest level), initialised by :meth:`initialize_from_data` or from the first
@@ -201,20 +205,9 @@ class MRCNF(FlowModel):
         levels: int = 3,
         level_flows: Sequence[LevelFlows | None] | None = None,
         *,
-        hidden_channels: int = 64,
-        num_layers: int = 3,
-        cnfs_per_level: int = 1,
-        activation: str = "softplus",
-        T: float = 1.0,
-        divergence: str = "hutchinson",
-        probe: str = "rademacher",
-        train_solver: Mapping[str, Any] | None = None,
-        eval_solver: Mapping[str, Any] | None = None,
-        adjoint: bool = False,
-        kinetic_energy: float = 0.0,
-        jacobian_norm: float = 0.0,
         logit_alpha: float = 0.05,
         standardize: bool = True,
+        **level_options: Any,
     ) -> None:
         super().__init__()
         self.image_shape = _check_image_shape(image_shape, levels)
@@ -225,12 +218,7 @@ class MRCNF(FlowModel):
             )
         if not 0 < logit_alpha < 0.5:
             raise ValueError(f"logit_alpha must lie in (0, 0.5), got {logit_alpha}")
-        level_options = {
-            "hidden_channels": hidden_channels, "num_layers": num_layers, "cnfs_per_level": cnfs_per_level,
-            "activation": activation, "T": T, "divergence": divergence, "probe": probe,
-            "train_solver": train_solver, "eval_solver": eval_solver, "adjoint": adjoint,
-            "kinetic_energy": kinetic_energy, "jacobian_norm": jacobian_norm,
-        }
+        _check_level_options(level_options)
         channels = self.image_shape[0]
         self.levels = nn.ModuleList()
         for s in range(levels):
@@ -465,6 +453,19 @@ class MRCNF(FlowModel):
             grown.levels[s + 1].load_state_dict(level.state_dict())
         grown.set_trainable_levels([0])
         return grown
+
+
+def _check_level_options(options: Mapping[str, Any]) -> None:
+    """Unknown level options raise ``TypeError`` naming the key and the closest option."""
+    known = [
+        name for name, parameter in inspect.signature(default_level_spec).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"MRCNF has no option {key!r}{hint} (level options: {', '.join(known)})")
 
 
 def _check_image_shape(image_shape: Sequence[int], levels: int) -> tuple[int, int, int]:

@@ -9,15 +9,17 @@ velocity fields (MRCNF and the single-resolution CNF).
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from flowplug.metrics import bits_per_dim
 
-__all__ = ["OBJECTIVES", "Objective", "flow_matching", "get_objective", "likelihood"]
+__all__ = ["OBJECTIVES", "Objective", "flow_matching", "get_objective", "likelihood", "objective_name"]
 
 Objective = Callable[[nn.Module, torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -55,12 +57,34 @@ OBJECTIVES: dict[str, Objective] = {"likelihood": likelihood, "flow_matching": f
 
 
 def get_objective(objective: str | Objective) -> Objective:
-    """An objective by name (a key of :data:`OBJECTIVES`) or the callable itself."""
+    """An objective by name (a key of :data:`OBJECTIVES`, or ``"module:function"`` for one defined
+    elsewhere, as :func:`objective_name` records it) or the callable itself."""
     if callable(objective):
         return objective
-    try:
+    if objective in OBJECTIVES:
         return OBJECTIVES[objective]
-    except KeyError:
-        raise ValueError(
-            f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)} or a callable"
-        ) from None
+    if isinstance(objective, str) and ":" in objective:
+        module_name, _, qualname = objective.partition(":")
+        try:
+            found: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"cannot import the objective {objective!r}: {error}") from None
+        if callable(found):
+            return found
+    raise ValueError(
+        f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}, "
+        "'module:function' or a callable"
+    )
+
+
+def objective_name(objective: str | Objective) -> str:
+    """How a config records ``objective`` as plain data: its key in :data:`OBJECTIVES`, or
+    ``"module:qualname"`` for another callable (importable again where it is a module-level name)."""
+    if isinstance(objective, str):
+        return objective
+    for name, known in OBJECTIVES.items():
+        if known is objective:
+            return name
+    return f"{objective.__module__}:{objective.__qualname__}"

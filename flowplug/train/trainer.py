@@ -39,7 +39,7 @@ from flowplug.train.checkpoint import (
 )
 from flowplug.train.distributed import rank_zero_only
 from flowplug.train.feedback import MetricsLogger, Progress, save_image_grid, write_report
-from flowplug.train.objectives import Objective, get_objective, likelihood
+from flowplug.train.objectives import Objective, get_objective, likelihood, objective_name
 
 __all__ = ["TrainConfig", "Trainer", "count_nfe", "resolve_device"]
 
@@ -117,6 +117,10 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps and weight_decay must not be negative")
         get_objective(self.objective)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (a callable objective recorded by :func:`objective_name`)."""
+        return {**asdict(self), "objective": objective_name(self.objective)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -452,7 +456,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "best_val_bpd": self.best_val_bpd,
             "rng": capture_rng(),
-            "trainer_config": asdict(self.config),
+            "trainer_config": self.config.to_dict(),
             "data": data_info,
         }
 
@@ -602,7 +606,7 @@ class Trainer:
     @rank_zero_only
     def _write_config(self, data_info: dict[str, Any]) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        config = {"trainer": asdict(self.config), "model": getattr(self.model, "config", None),
+        config = {"trainer": self.config.to_dict(), "model": getattr(self.model, "config", None),
                   "data": data_info, "device": str(self.device), "precision": self.precision,
                   "processes": distributed.world_size()}
         (self.out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_glow
+from train_helpers import tiny_glow
 
 from flowplug.train import CheckpointError, build_model, load_checkpoint, save_checkpoint
 

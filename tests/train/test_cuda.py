@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_glow
+from train_helpers import tiny_glow
 
 from flowplug.train import TrainConfig, Trainer, resolve_device
 

@@ -8,7 +8,7 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_glow
+from train_helpers import tiny_glow
 
 from flowplug.train import TrainConfig, Trainer
 

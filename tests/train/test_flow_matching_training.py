@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import read_metric
+from train_helpers import read_metric
 
 import flowplug
 from flowplug.train import (
@@ -116,3 +116,19 @@ def test_combining_refuses_models_of_another_config(tiny_data, tmp_path):
     a, b = (next((tmp_path / n / "checkpoints").glob("step-*.pt")) for n in "ab")
     with pytest.raises(CheckpointError, match="holds a model of another config"):
         combine_level_checkpoints([(a, [0]), (b, [1])])
+
+
+def negative_log_likelihood_plus_zero(model, v, n_bins):
+    """A custom objective defined at module level, so that a checkpoint can name it."""
+    loss = -model.log_prob(v).mean()
+    return loss, {"custom": loss.detach()}
+
+
+def test_a_custom_objective_is_recorded_by_name_and_restored(tiny_data, tmp_path):
+    config = TrainConfig(steps=2, objective=negative_log_likelihood_plus_zero, **FAST)
+    trainer = Trainer(tiny_mrcnf(), config, out_dir=tmp_path, device="cpu")
+    trainer.fit(tiny_data)
+    recorded = load_checkpoint(trainer.latest_checkpoint())["trainer_config"]["objective"]
+    assert recorded.endswith(":negative_log_likelihood_plus_zero")
+    assert TrainConfig.from_dict({**config.to_dict(), "steps": 3}).objective == recorded
+    assert sorted(read_metric(tmp_path, "custom")) == [1, 2]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_GLOW, read_metric, tiny_glow
+from train_helpers import TINY_GLOW, read_metric, tiny_glow
 
 import flowplug
 from flowplug.data import ImageData

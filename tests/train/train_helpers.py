@@ -1,0 +1,26 @@
+"""Tiny models and metric reading shared by the training tests (imported as a plain module: a
+``from conftest import ...`` would pick whichever conftest.py was imported first)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from flowplug.models.baselines import Glow
+
+TINY_GLOW = {"image_shape": [2, 4, 4], "levels": 1, "depth": 2, "hidden_channels": 8}
+
+
+def tiny_glow(seed: int = 0) -> Glow:
+    torch.manual_seed(seed)
+    return Glow(**TINY_GLOW)
+
+
+def read_metric(folder: Path, name: str, split: str = "train") -> dict[int, float]:
+    """``{step: value}`` of one metric from a run folder's metrics.csv."""
+    with (folder / "metrics.csv").open() as file:
+        rows = csv.DictReader(file)
+        return {int(r["step"]): float(r["value"]) for r in rows
+                if r["metric"] == name and r["split"] == split}
