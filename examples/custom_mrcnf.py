@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         level_flows=level_flows(args.levels, data.image_shape[0], args.hidden, args.glow_depth),
     )
     config = flowplug.TrainConfig(steps=steps, batch_size=args.batch_size, lr=2e-3, seed=args.seed,
-                                  objective="glow_likelihood_cnf_flow_matching", warmup_steps=min(50, steps // 5),
-                                  progress=False, tensorboard=False, checkpoint_every=steps)
+                                  objective="glow_likelihood_cnf_flow_matching",
+                                  warmup_steps=min(50, steps // 5), progress=False, tensorboard=False,
+                                  checkpoint_every=steps)
     out = Path(args.out)
     trainer = flowplug.Trainer(model, config, out_dir=out, device=args.device)
     print(f"MRCNF with {args.levels} levels on digits {data.image_shape}, n_bins={data.n_bins}: "

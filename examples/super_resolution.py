@@ -1,24 +1,24 @@
 """Super-resolve coarse images with a trained MRCNF: sample the missing Haar details, keep the coarse part.
 
-An MRCNF models an image coarse to fine, so ``model.super_resolve(coarse, temperature)`` upsamples a coarse
-image by sampling only the finer levels' detail coefficients given it; by construction the output's Haar coarse
-part at the input's size equals the input (this script checks and prints it). ``temperature=0`` takes every
-base distribution's mode, higher temperatures draw more varied details.
+An MRCNF models an image coarse to fine, so ``model.super_resolve(coarse, temperature)`` upsamples a
+coarse image by sampling only the finer levels' detail coefficients given it; by construction the
+output's Haar coarse part at the input's size equals the input (this script checks and prints it).
+``temperature=0`` takes every base distribution's mode, higher temperatures draw more varied details.
 
-The model is either trained here on the embedded 8×8 digits (MRCNF with two levels, flow-matching objective) or
-loaded from a checkpoint written by ``flowplug train`` (``--checkpoint``, with the matching ``--data``). The
-held-out images are reduced to their coarse images at ``--factor`` (2 or 4 times smaller) and super-resolved
-back. The picture has one row per image: coarse (nearest-neighbour upsampled) | super-resolved at temperature 0
-| at temperature 0.7 | original.
+The model is either trained here on the embedded 8×8 digits (MRCNF with two levels, flow-matching
+objective) or loaded from a checkpoint written by ``flowplug train`` (``--checkpoint``, with the matching
+``--data``, ``--holdout`` and ``--seed``). Held-out images are reduced to their coarse images at
+``--factor`` and super-resolved back. The picture has one row per image: coarse (nearest-neighbour
+upsampled) | super-resolved at temperature 0 | at temperature 0.7 | original.
 
 Run (from the repository root):
 
-    python examples/super_resolution.py            # full: 2000 training steps, a couple of minutes on 2 CPUs
+    python examples/super_resolution.py            # full: 2000 training steps, about a minute on 2 CPUs
     python examples/super_resolution.py --quick    # 300 steps, well under 2 minutes on 2 CPU cores
     python examples/super_resolution.py --checkpoint runs/mrcnf-.../checkpoints/best.pt --data digits
 
-Outputs go to ``--out`` (default ``runs/examples/super_resolution``): ``super_resolution.png`` and, when trained
-here, the training run folder.
+Outputs go to ``--out`` (default ``runs/examples/super_resolution``): ``super_resolution.png`` and, when
+trained here, the training run folder ``train/``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ TEMPERATURES = (0.0, 0.7)
 
 
 def train_model(steps: int, seed: int, device: str, out: Path) -> tuple[flowplug.MRCNF, flowplug.ImageData]:
-    """A small two-level MRCNF trained by flow matching on the digits; returns its EMA copy and held-out data."""
+    """A small two-level MRCNF trained by flow matching on the digits; its EMA copy and the held-out data."""
     torch.manual_seed(seed)
     data = flowplug.load_dataset("digits")
     train, held_out = data.split(0.1, seed=seed)
@@ -55,8 +55,11 @@ def train_model(steps: int, seed: int, device: str, out: Path) -> tuple[flowplug
     return (trainer.ema.module if trainer.ema is not None else trainer.model), held_out
 
 
-def load_model(path: str, data: str, data_root: str | None, seed: int) -> tuple[torch.nn.Module, flowplug.ImageData]:
-    """A checkpoint's model (with its EMA weights when it has them) and the held-out split of ``data``."""
+def load_model(
+    path: str, data: str, data_root: str | None, holdout: float, seed: int
+) -> tuple[torch.nn.Module, flowplug.ImageData]:
+    """A checkpoint's model (with its EMA weights when it has them) and the held-out split of ``data``
+    (the training run's own split when ``holdout`` and ``seed`` are those given to ``flowplug train``)."""
     state = flowplug.load_checkpoint(path)
     model = build_model(state)
     if state.get("ema") is not None:
@@ -68,7 +71,7 @@ def load_model(path: str, data: str, data_root: str | None, seed: int) -> tuple[
         raise SystemExit(f"the checkpoint's model is for images {state['data']['image_shape']}, "
                          f"{data} has {list(images.image_shape)}")
     print(f"loaded {path} (step {state['step']}, trained on {state['data']['name']})")
-    return model, images.split(0.1, seed=seed)[1]
+    return model, images.split(holdout, seed=seed)[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", help="a checkpoint of an MRCNF written by `flowplug train`")
     parser.add_argument("--data", default="digits", help="dataset of the checkpoint (name or path)")
     parser.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
+    parser.add_argument("--holdout", type=float, default=0.1,
+                        help="the checkpoint's run's held-out fraction (flowplug train's --holdout, 0.1)")
     parser.add_argument("--factor", type=int, default=2, choices=(2, 4, 8), help="downsampling factor (2)")
     parser.add_argument("--steps", type=int, help="training steps when no checkpoint (2000, quick 300)")
     parser.add_argument("--num", type=int, default=8, help="images to super-resolve (8)")
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
 
     if args.checkpoint:
-        model, held_out = load_model(args.checkpoint, args.data, args.data_root, args.seed)
+        model, held_out = load_model(args.checkpoint, args.data, args.data_root, args.holdout, args.seed)
     else:
         steps = args.steps or (300 if args.quick else 2000)
         model, held_out = train_model(steps, args.seed, args.device, out)
