@@ -8,8 +8,10 @@ equal those of the brute-force autograd Jacobian, and that each sample is transf
 batch. The CNF uses the exact trace and fixed-step RK4 so that the checks are fast and deterministic; its
 inverse is exact only up to the solver error, hence the 1e-6 tolerances.
 
-The test functions are ordinary Hypothesis tests (run them with pytest by importing them into a test module);
-run as a script, this file calls each of them and prints a pass line:
+The test functions are ordinary Hypothesis tests: ``python -m pytest examples/property_test_custom_flow.py``
+collects them under the active Hypothesis profile (load one with ``flowplug.testing.load_profile()`` in a
+``conftest.py``: Hypothesis's default 200 ms deadline is too short for the Jacobian check). Run as a script,
+this file calls each of them with its own settings and prints a pass line:
 
     python examples/property_test_custom_flow.py              # full: 20 examples per property, ~5 min
     python examples/property_test_custom_flow.py --quick      # 5 examples per property, ~1 min
