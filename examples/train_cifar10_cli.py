@@ -17,9 +17,11 @@ Run (from the repository root):
     # quick mode (tiny model, 40 steps, 2% held out): well under 2 minutes on 2 CPU cores
     python examples/train_cifar10_cli.py --data ../shared/data/cifar10_batch1.npz --quick
 
-Options this script does not know are passed on to ``flowplug train`` and override the config, e.g.
-``--steps 500 --device cuda`` or ``--minutes 30``. Outputs go to ``--out`` (default
-``runs/examples/cifar10_cli``): the run folder of ``flowplug train`` plus ``samples.png``.
+The full config (20000 steps of 64 images, evaluation and samples every 2000 steps) is sized for a GPU: on
+2 CPU cores it trained at about 1.3 steps/s, i.e. hours. Options this script does not know are passed on to
+``flowplug train`` and override the config, e.g. ``--steps 500 --device cuda`` or ``--minutes 30``.
+Outputs go to ``--out`` (default ``runs/examples/cifar10_cli``): the run folder of ``flowplug train`` plus
+``samples.png``.
 """
 
 from __future__ import annotations
