@@ -1,9 +1,10 @@
 """Train MRCNF on CIFAR-10 from a JSON config file through the ``flowplug`` command line, then sample from it.
 
-The config (``examples/configs/mrcnf_cifar10.json``, or ``mrcnf_cifar10_quick.json`` with ``--quick``) holds
-``{"model": <registry spec>, "train": <trainer options>}``; the model's ``image_shape`` is filled in from the
-data. Both configs train with the flow-matching objective (no ODE solve per step); the held-out bits per
-dimension at the end is the exact likelihood from ODE solves. This script runs the same commands as
+The config (``examples/configs/mrcnf_cifar10.json``, or ``mrcnf_cifar10_quick.json`` with ``--quick``)
+holds ``{"model": <registry spec>, "train": <trainer options>}``; the model's ``image_shape`` is filled in
+from the data. Both configs train with the flow-matching objective (no ODE solve per step); the held-out
+bits per dimension at the end comes from ODE solves (with the Hutchinson trace estimate the configs
+select). This script runs the same commands as
 
     python -m flowplug train --config CONFIG --data DATA --out OUT --seed SEED --no-progress [EXTRA...]
     python -m flowplug sample OUT/checkpoints/step-*.pt --num 64 --out OUT/samples.png
@@ -17,11 +18,11 @@ Run (from the repository root):
     # quick mode (tiny model, 40 steps, 2% held out): well under 2 minutes on 2 CPU cores
     python examples/train_cifar10_cli.py --data ../shared/data/cifar10_batch1.npz --quick
 
-The full config (20000 steps of 64 images, evaluation and samples every 2000 steps) is sized for a GPU: on
-2 CPU cores it trained at about 1.3 steps/s, i.e. hours. Options this script does not know are passed on to
-``flowplug train`` and override the config, e.g. ``--steps 500 --device cuda`` or ``--minutes 30``.
-Outputs go to ``--out`` (default ``runs/examples/cifar10_cli``): the run folder of ``flowplug train`` plus
-``samples.png``.
+The full config (20000 steps of 64 images, evaluation and samples every 2000 steps) is sized for a GPU:
+on one thread of a shared 2-core CPU it trained at about 1.3 steps/s, i.e. hours. Options this script
+does not know are passed on to ``flowplug train`` and override the config, e.g. ``--steps 500 --device
+cuda`` or ``--minutes 30``. Outputs go to ``--out`` (default ``runs/examples/cifar10_cli``): the run
+folder of ``flowplug train`` plus ``samples.png``.
 """
 
 from __future__ import annotations
