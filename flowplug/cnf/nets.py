@@ -128,9 +128,13 @@ class _ODENet(nn.Module, ABC):
         time = self._time_input(_time_per_sample(t, z), z)
         h = z if context is None else torch.cat([z, context], dim=1)
         for i, layer in enumerate(self.layers):
-            h = layer(torch.cat([h, time], dim=1))
+            h = layer(self._layer_input(torch.cat([h, time], dim=1)))
             if i < len(self.layers) - 1:
                 h = self.activation(h)
+        return h.contiguous()
+
+    def _layer_input(self, h: torch.Tensor) -> torch.Tensor:
+        """A layer's input as the layer wants it laid out in memory (as it is, by default)."""
         return h
 
 
@@ -151,7 +155,9 @@ class ConvODENet(_ODENet):
 
     ``num_layers`` convolutions (``kernel_size``, same padding; ``hidden_channels`` wide) with
     ``activation`` between them; each takes the time as one extra constant channel; ``context`` is
-    concatenated to ``z`` at the input.
+    concatenated to ``z`` at the input. ``channels_last=True`` runs the convolutions in the
+    channels-last memory format (measured 0.81–0.88× the time of a training step of the net on
+    CPU, see CHANGELOG); outputs are returned in the standard layout either way.
     """
 
     def __init__(
@@ -162,6 +168,7 @@ class ConvODENet(_ODENet):
         context_channels: int = 0,
         activation: str = "softplus",
         kernel_size: int = 3,
+        channels_last: bool = False,
     ) -> None:
         _check_sizes(channels=channels, hidden_channels=hidden_channels, num_layers=num_layers,
                      kernel_size=kernel_size)
@@ -173,6 +180,12 @@ class ConvODENet(_ODENet):
             for w_in, w_out in _widths(channels, context_channels, hidden_channels, num_layers)
         ]
         super().__init__(channels, context_channels, layers, activation)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _layer_input(self, h: torch.Tensor) -> torch.Tensor:
+        return h.contiguous(memory_format=torch.channels_last) if self.channels_last else h
 
     def _z_shape(self) -> str:
         return f"(B, {self.size}, H, W)"

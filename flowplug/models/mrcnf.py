@@ -138,6 +138,7 @@ def default_level_spec(
     adjoint: bool = False,
     kinetic_energy: float = 0.0,
     jacobian_norm: float = 0.0,
+    channels_last: bool = False,
 ) -> list[dict[str, Any]]:
     """The paper-like default of one level: ``cnfs_per_level`` conditional CNFs with conv ODE nets.
 
@@ -151,6 +152,7 @@ def default_level_spec(
         "num_layers": num_layers,
         "context_channels": context_channels,
         "activation": activation,
+        "channels_last": channels_last,
     }
     cnf: dict[str, Any] = {
         "type": "cnf",
@@ -190,7 +192,8 @@ class MRCNF(FlowModel):
         **level_options: options of the default CNF levels, the keyword arguments of
             :func:`default_level_spec` (``hidden_channels=64``, ``num_layers=3``, ``cnfs_per_level=1``,
             ``activation="softplus"``, ``T=1.0``, ``divergence="hutchinson"``, ``probe="rademacher"``,
-            ``train_solver``, ``eval_solver``, ``adjoint=False``, ``kinetic_energy=0.0``, ``jacobian_norm=0.0``).
+            ``train_solver``, ``eval_solver``, ``adjoint=False``, ``kinetic_energy=0.0``, ``jacobian_norm=0.0``,
+            ``channels_last=False``).
         logit_alpha: the coarsest level's logit squeezes ``[0, 1]`` into ``[α, 1 − α]`` first.
         standardize: give every level a per-channel :class:`~flowplug.standardize.Standardize` (after the
             logit at the coarsest level), initialised by :meth:`initialize_from_data` or from the first

@@ -59,3 +59,16 @@ def test_net_depth_width_and_activation(num_layers, activation):
     assert len(mlp.layers) == num_layers and not mlp.needs_context
     out = net(0.3, torch.randn(2, 2, 4, 4), torch.randn(2, 1, 4, 4))
     assert torch.equal(out, torch.zeros(2, 2, 4, 4))  # zero-initialised last layer
+
+
+def test_channels_last_conv_net_computes_the_same_field():
+    torch.manual_seed(0)
+    standard = ConvODENet(3, hidden_channels=8, context_channels=2)
+    with torch.no_grad():
+        standard.layers[-1].weight.normal_(0, 0.1)
+    fast = ConvODENet(3, hidden_channels=8, context_channels=2, channels_last=True)
+    fast.load_state_dict(standard.state_dict())
+    z, context, t = torch.randn(4, 3, 6, 6), torch.randn(4, 2, 6, 6), torch.rand(4)
+    out = fast(t, z, context)
+    torch.testing.assert_close(out, standard(t, z, context), rtol=1e-5, atol=1e-6)
+    assert out.is_contiguous()
