@@ -334,7 +334,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for r in results:
         if "error" in r:
             continue
@@ -344,7 +344,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> str | None:
     ax.set_ylabel("held-out BPD (curve subset)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -441,6 +441,8 @@ def main(argv: list[str] | None = None) -> None:
         "jobs": jobs, "load_average_start": os.getloadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+    # settings first, so --report-only can tabulate the finished models of an interrupted run
+    (args.out / "results.json").write_text(json.dumps({**meta, "results": []}, indent=2) + "\n")
     t0 = time.monotonic()
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.parallel, maxtasksperchild=1) as pool:
