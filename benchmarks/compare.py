@@ -174,7 +174,7 @@ def _cnfs(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def _evaluate_at_tolerance(trainer: Any, data: Any, tol: float) -> dict[str, Any]:
     """``trainer.evaluate(data)`` with every CNF's evaluation solver at ``atol = rtol = tol``."""
-    cnfs = _cnfs(trainer._eval_model())
+    cnfs = _cnfs(trainer.eval_model())
     saved = [cnf.eval_solver for cnf in cnfs]
     try:
         for cnf, settings in zip(cnfs, saved, strict=True):

@@ -391,7 +391,7 @@ class Trainer:
 
     # -- evaluation and sampling --------------------------------------------------------------
 
-    def _eval_model(self) -> nn.Module:
+    def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
     @torch.no_grad()
@@ -402,7 +402,7 @@ class Trainer:
         ``log2(n_bins)`` is ``bpd``. The dequantisation noise is fixed by the seed, so repeated
         evaluations are comparable. ``nfe`` is the mean CNF function evaluations per batch.
         """
-        model = self._eval_model() if use_ema else self.model
+        model = self.eval_model() if use_ema else self.model
         model.eval()
         dims = math.prod(data.image_shape)
         generator = torch.Generator().manual_seed(self.config.seed + 2**31)
@@ -435,7 +435,7 @@ class Trainer:
     @torch.no_grad()
     def sample(self, num_samples: int, temperature: float | None = None) -> torch.Tensor:
         """Images from the EMA model (or the model without EMA), seeded by the current step."""
-        model = self._eval_model()
+        model = self.eval_model()
         model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.config.seed + self.step)
@@ -598,7 +598,7 @@ class Trainer:
             self._save(data_info, val_bpd)
 
     def _save_samples(self) -> None:
-        if not callable(getattr(self._eval_model(), "sample", None)):
+        if not callable(getattr(self.eval_model(), "sample", None)):
             return
         v = self.sample(self.config.num_samples, self.config.temperature)
         save_image_grid(v, self.out_dir / "samples" / f"step-{self.step:08d}.png")

@@ -38,7 +38,7 @@ def test_flow_matching_trains_and_evaluation_reports_exact_likelihood(tiny_data,
     held_out = report["held_out"]
     assert len(held_out["per_level_bpd"]) == 2 and held_out["nfe"] > 0
     # the reported figure is the likelihood of the evaluated (EMA) weights
-    model = trainer._eval_model().eval()
+    model = trainer.eval_model().eval()
     v = flowplug.metrics.dequantize(tiny_data.x[:4], tiny_data.n_bins, generator=torch.Generator())
     with torch.no_grad():
         assert torch.isfinite(model.log_prob(v)).all()
