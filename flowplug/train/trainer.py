@@ -392,6 +392,7 @@ class Trainer:
     # -- evaluation and sampling --------------------------------------------------------------
 
     def eval_model(self) -> nn.Module:
+        """The weights that evaluation, samples and reports use: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
     @torch.no_grad()
