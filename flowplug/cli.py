@@ -49,10 +49,6 @@ def _level_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"levels must be comma-separated integers, got {text!r}") from None
 
 
-class _UsageError(Exception):
-    """A problem with the command line itself."""
-
-
 def _model_spec(args: argparse.Namespace, data: ImageData) -> tuple[dict[str, Any], dict]:
     """The model spec and the trainer options the model or config file brings."""
     if args.config is not None:
@@ -156,7 +152,10 @@ def _info(args: argparse.Namespace) -> int:
 
     for kind in ("model", "flow", "distribution", "net"):
         names = components(kind)
-        print(f"{kind}s ({len(names)}): {', '.join(names) if names else '-'}")
+        print(f"{kind}s ({len(names)}):")
+        for name in names:
+            info = get_component(name)
+            print(f"  {name:42s} {info.source:10s} {info.summary}")
     print(f"datasets: {', '.join(DATASET_NAMES)}, or a path to an .npz file or image folder")
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     print(f"devices: cpu; cuda: {', '.join(cuda) if cuda else 'none'}; "

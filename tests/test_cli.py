@@ -52,6 +52,7 @@ def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "glow" in out and "realnvp" in out and "digits" in out and "devices:" in out
+    assert "haar_squeeze" in out and "Drop-in for ``normflows.flows.Squeeze``" in out  # name, source, summary
 
 
 def test_python_dash_m(tmp_path):
