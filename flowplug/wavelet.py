@@ -15,8 +15,8 @@ Layout: ``haar_decompose`` turns ``(B, C, H, W)`` into ``coarse (B, C, H/2, W/2)
 Both directions are written with the Hadamard butterfly ``H = [[1,1,1,1],[1,1,-1,-1],[1,-1,1,-1],[1,-1,-1,1]]``
 (``H`` symmetric, ``H H = 4 I``) and a diagonal scaling: the analysis is ``S H`` with ``S = diag(1/4, 1/c, 1/c,
 1/c)`` and the synthesis is ``H S'`` with ``S' = diag(1, c/4, c/4, c/4)``. The transpose of the one is the
-other form with the same scales, which gives the exact backward passes (and derivatives of any order) without
-autograd recording the strided writes.
+other form with the same scales, which gives the exact backward passes (and derivatives of any order) while the
+kernels write their results straight into preallocated outputs, which autograd could not record.
 """
 
 from __future__ import annotations
