@@ -85,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "description": "scaled to a 10-minute budget per model on one CPU core",
         "minutes": 10.0,
-        "trainer": {"batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "ema_decay": None,
+        "trainer": {"batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "ema_decay": 0.999,
                     "eval_batch_size": 250},
         "models": _models({"method": "dopri5", "atol": 1e-3, "rtol": 1e-3},
                           glow={"depth": 8, "hidden_channels": 128},

@@ -37,7 +37,7 @@ from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
 from flowplug.registry import build, register
 from flowplug.standardize import Standardize
-from flowplug.wavelet import haar_pyramid, haar_reconstruct
+from flowplug.wavelet import haar_decompose, haar_pyramid, haar_reconstruct
 
 __all__ = ["MRCNF", "ResolutionLevel", "default_level_spec"]
 
@@ -288,15 +288,6 @@ class MRCNF(FlowModel):
             for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
         ]
 
-    def _contexts(self, details: Sequence[torch.Tensor], coarsest: torch.Tensor) -> list[torch.Tensor]:
-        """Coarse images ``x_{s+1}`` for each detail level, rebuilt coarse-to-fine from the pyramid."""
-        contexts: list[torch.Tensor] = [coarsest] * len(details)
-        x = coarsest
-        for s in range(len(details) - 1, -1, -1):
-            contexts[s] = x
-            x = haar_reconstruct(x, details[s])
-        return contexts
-
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
         """``log p(v)`` per sample (the Haar transform adds nothing: its log-determinant is 0)."""
         return torch.stack(self.level_log_probs(v)).sum(0)
@@ -330,12 +321,17 @@ class MRCNF(FlowModel):
         return x, log_det
 
     def _level_inputs(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """``(tensor, context)`` of every level for images ``v``, after the input checks."""
+        """``(tensor, context)`` of every level for images ``v``, after the input checks: ``(y_s, x_{s+1})``
+        for the detail levels — each coarse image is the one the transform produced from ``v`` — and
+        ``(x_{S-1}, None)`` for the coarsest."""
         self.check_input(v)
-        details, coarsest = self.decompose(v)
-        self._check_logit_domain(coarsest)
-        contexts = self._contexts(details, coarsest)
-        return [*zip(details, contexts, strict=True), (coarsest, None)]
+        inputs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        x = v
+        for _ in range(self.num_levels - 1):
+            x, details = haar_decompose(x)
+            inputs.append((details, x))
+        self._check_logit_domain(x)
+        return [*inputs, (x, None)]
 
     @torch.no_grad()
     def initialize_from_data(self, v: torch.Tensor, overwrite: bool = False) -> None:
