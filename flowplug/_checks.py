@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_finite", "check_floating", "check_image", "check_same_shape"]
+__all__ = ["check_finite", "check_floating", "check_image", "check_same_dtype_and_device"]
 
 
 def check_floating(x: torch.Tensor, name: str) -> None:
@@ -35,10 +35,13 @@ def check_image(x: torch.Tensor, name: str, *, even: bool = False, divisor: int 
         )
 
 
-def check_same_shape(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    """Raise ``ValueError`` naming both shapes unless they are equal."""
-    if a.shape != b.shape:
-        raise ValueError(f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not match")
+def check_same_dtype_and_device(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
+    """Raise ``TypeError`` naming both unless ``a`` and ``b`` share dtype and device."""
+    if a.dtype != b.dtype or a.device != b.device:
+        raise TypeError(
+            f"{a_name} is {a.dtype} on {a.device} but {b_name} is {b.dtype} on {b.device}; they must share "
+            "dtype and device: convert one to the other"
+        )
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:

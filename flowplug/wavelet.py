@@ -27,7 +27,7 @@ import torch
 from normflows.flows import Flow
 from torch.autograd import Function
 
-from flowplug._checks import check_floating, check_image
+from flowplug._checks import check_floating, check_image, check_same_dtype_and_device
 from flowplug.registry import register
 
 __all__ = [
@@ -144,11 +144,7 @@ def _check_pair(coarse: torch.Tensor, details: torch.Tensor) -> None:
             f"details must have shape (B, 3C, h, w) = {(batch, 3 * channels, height, width)} to match "
             f"coarse {tuple(coarse.shape)}, got {tuple(details.shape)}"
         )
-    if coarse.dtype != details.dtype or coarse.device != details.device:
-        raise TypeError(
-            f"coarse ({coarse.dtype}, {coarse.device}) and details ({details.dtype}, {details.device}) "
-            "must share dtype and device"
-        )
+    check_same_dtype_and_device(coarse, "coarse", details, "details")
 
 
 def haar_decompose(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch
 from normflows.flows import Flow
 from torch import nn
 
-from flowplug._checks import check_finite, check_floating
+from flowplug._checks import check_finite, check_floating, check_same_dtype_and_device
 from flowplug.cnf.divergence import PROBES, exact_divergence, hutchinson_divergence, sample_probe
 from flowplug.cnf.regularization import RNODE
 from flowplug.cnf.solver import ODESolverError, SolverSettings, solve
@@ -236,11 +236,7 @@ class CNF(Flow):
                 f"CNF context of shape {tuple(context.shape)} does not match the batch size of "
                 f"the input of shape {tuple(x.shape)}"
             )
-        if context.dtype != x.dtype or context.device != x.device:
-            raise TypeError(
-                f"CNF context is {context.dtype} on {context.device} but the input is {x.dtype} on "
-                f"{x.device}; convert one to the other"
-            )
+        check_same_dtype_and_device(context, "CNF context", x, "the input")
         check_finite(context, "CNF context")
 
     def _integrate(
