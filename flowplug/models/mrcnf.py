@@ -292,12 +292,11 @@ class MRCNF(FlowModel):
         """``log p(v)`` per sample (the Haar transform adds nothing: its log-determinant is 0)."""
         return torch.stack(self.level_log_probs(v)).sum(0)
 
-    def level_bits_per_dim(self, v: torch.Tensor, n_bins: int = 256) -> list[torch.Tensor]:
+    def level_bits_per_dim(self, v: torch.Tensor) -> list[torch.Tensor]:
         """Each level's contribution ``-log p_s / (D ln 2)`` (``D = C·H·W`` of the full image), per sample.
 
-        They add up to :meth:`bits_per_dim` minus ``log2(n_bins)``.
+        They add up to :meth:`bits_per_dim` minus ``log2(n_bins)``: that constant belongs to the whole image.
         """
-        del n_bins  # the constant log2(n_bins) belongs to the whole image, not to a level
         return [-term / (self.num_dims * math.log(2.0)) for term in self.level_log_probs(v)]
 
     def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
