@@ -22,10 +22,10 @@ import pytest
 import torch
 
 import flowplug
-from flowplug.train.objectives import flow_matching, likelihood
+from flowplug.data import Batch
+from flowplug.train import get_objective
 
 _RK4 = {"method": "rk4", "step_size": 0.25}
-_OBJECTIVES = {"likelihood": likelihood, "flow_matching": flow_matching}
 
 
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
@@ -48,11 +48,11 @@ def _train_step(model: torch.nn.Module, objective: str, v: torch.Tensor):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.initialize_from_data(v)
     model.train()
-    loss_fn = _OBJECTIVES[objective]
+    loss_fn = get_objective(objective)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = loss_fn(model, v, 256)
+        loss, _ = loss_fn(model, Batch(v, 256))
         loss.backward()
         optimizer.step()
 

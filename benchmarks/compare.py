@@ -1,7 +1,7 @@
 """Side-by-side comparison of MRCNF against single-resolution CNF, Glow and RealNVP.
 
 Every model trains for the same wall-clock budget on the same images through the shared
-:class:`flowplug.Trainer`, and is scored by the Trainer's ``evaluate`` (DESIGN.md section 3: one
+:class:`flowplug.Trainer`, and is scored by the Trainer's ``evaluate`` (docs/design.md §3: one
 dequantisation per pixel, fixed by the seed, BPD averaged over the held-out images, per level for
 multi-resolution models); CNF models are scored with their evaluation solver.
 

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 import flowplug
+from flowplug.data import Batch
 from flowplug.metrics import bits_per_dim
 from flowplug.train.feedback import save_image_grid
-from flowplug.train.objectives import OBJECTIVES
-from flowplug.wavelet import haar_pyramid
+from flowplug.wavelet import haar_cascade
 
 
 def level_flows(levels: int, channels: int, hidden: int, glow_depth: int) -> list[list[dict[str, Any]]]:
@@ -58,30 +58,30 @@ def level_flows(levels: int, channels: int, hidden: int, glow_depth: int) -> lis
     return [[dict(cnf)] for _ in range(levels - 1)] + [glow]
 
 
-def hybrid_objective(model: flowplug.MRCNF, v: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, dict]:
+# Registered by name so that the run's config.json and checkpoints record it as the spec
+# {"type": "glow_likelihood_cnf_flow_matching"}; code that loads them registers it the same way first.
+@flowplug.register("glow_likelihood_cnf_flow_matching", kind="objective")
+def hybrid_objective(model: flowplug.MRCNF, batch: Batch) -> tuple[torch.Tensor, dict]:
     """Likelihood for the coarsest (Glow) level plus flow matching for each CNF detail level.
 
-    A trainer objective is any callable ``(model, v, n_bins) -> (loss, metrics)``. Detail level ``s`` is
-    conditioned on the coarse image ``x_{s+1}``, the coarsest part of a Haar pyramid of ``s + 2`` levels.
+    A trainer objective is a registered function ``(model, batch, **params) -> (loss, metrics)``. Detail
+    level ``s`` is conditioned on the coarse image ``x_{s+1}`` the Haar transform produced.
     """
-    details, coarsest = model.decompose(v)
+    v = batch.v
+    steps = haar_cascade(v, model.num_levels)
+    coarsest = steps[-1][1]
     top_log_prob = model.levels[-1].log_prob(coarsest)
     nll = -top_log_prob.mean()
     metrics: dict[str, torch.Tensor] = {
         "nll_top": nll.detach(),
-        "bpd_top": bits_per_dim(top_log_prob.detach().mean(), math.prod(v.shape[1:]), n_bins),
+        "bpd_top": bits_per_dim(top_log_prob.detach().mean(), math.prod(v.shape[1:]), batch.n_bins),
     }
     loss = nll
-    for s, y in enumerate(details):
-        context = haar_pyramid(v, s + 2)[1]
+    for s, (y, context) in enumerate(steps):
         term = model.levels[s].flow_matching_loss(y, context).mean()
         metrics[f"fm_level_{s}"] = term.detach()
         loss = loss + term
     return loss, metrics
-
-
-# Registered by name so that the run's config.json and checkpoints record it as plain text.
-OBJECTIVES["glow_likelihood_cnf_flow_matching"] = hybrid_objective
 
 
 def main(argv: list[str] | None = None) -> None:

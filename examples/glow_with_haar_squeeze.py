@@ -1,7 +1,7 @@
 """Swap normflows' Squeeze for flowplug's HaarSqueeze in a multi-scale Glow and train it briefly.
 
 Run: ``python examples/glow_with_haar_squeeze.py`` (about a minute on 2 CPU cores). The data are generated
-smooth 2-channel 8×8 images quantised to 256 levels and dequantised as in DESIGN.md §3; the script prints the
+smooth 2-channel 8×8 images quantised to 256 levels and dequantised as in docs/design.md §3; the script prints the
 bits per dimension on held-out images before and after training.
 """
 
@@ -13,7 +13,8 @@ import normflows as nf
 import torch
 
 import flowplug
-from flowplug.metrics import bits_per_dim, dequantize
+from flowplug.data import dequantize
+from flowplug.metrics import bits_per_dim
 
 
 def make_images(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import flowplug
-from flowplug.metrics import dequantize
+from flowplug.data import dequantize
 from flowplug.train import build_model
 from flowplug.train.feedback import save_image_grid
 

@@ -1,4 +1,10 @@
-"""flowplug: multi-resolution continuous normalizing flows as normflows components."""
+"""flowplug: multi-resolution continuous normalizing flows as normflows components.
+
+The training API (:class:`Trainer`, :class:`TrainConfig`, checkpoints) loads on first use, so that importing
+flowplug for its components does not import the trainer's dependencies.
+"""
+
+from typing import Any
 
 from flowplug.cnf import CNF, ConvODENet, MLPODENet, SolverSettings
 from flowplug.data import ImageData, load_dataset
@@ -8,7 +14,6 @@ from flowplug.models.baselines import Glow, RealNVP
 from flowplug.models.mrcnf import MRCNF
 from flowplug.registry import build, components, get_component, register
 from flowplug.standardize import Standardize
-from flowplug.train import CheckpointError, TrainConfig, Trainer, load_checkpoint
 from flowplug.wavelet import (
     HaarMerge,
     HaarSplit,
@@ -51,3 +56,13 @@ __all__ = [
     "load_dataset",
     "register",
 ]
+
+_TRAINING = frozenset({"CheckpointError", "TrainConfig", "Trainer", "load_checkpoint"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRAINING:
+        import flowplug.train
+
+        return getattr(flowplug.train, name)
+    raise AttributeError(f"module 'flowplug' has no attribute {name!r}")

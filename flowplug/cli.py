@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 import time
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ import torch
 
 from flowplug.data import DATASET_NAMES, ImageData, load_dataset
 from flowplug.registry import build, components, get_component
-from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, load_checkpoint
+from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, load_checkpoint, objectives
+from flowplug.train.config import PRECISIONS
 from flowplug.train.feedback import save_image_grid
 
 __all__ = ["PRESETS", "main"]
@@ -75,22 +78,58 @@ def _model_spec(args: argparse.Namespace, data: ImageData) -> tuple[dict[str, An
     return spec, train
 
 
+_TRAIN_FLAGS = ("steps", "epochs", "minutes", "batch_size", "accumulation", "lr", "ema_decay", "precision",
+                "seed", "objective", "likelihood_after", "trainable_levels", "hflip", "eval_every",
+                "sample_every", "checkpoint_every", "num_samples", "temperature")
+"""The :class:`TrainConfig` fields ``flowplug train`` offers as flags (``--batch-size`` for ``batch_size``); a
+flag that is not given leaves the preset's or config file's value, or the field's default."""
+_FLAG_NAMES = {"trainable_levels": "levels"}
+_FLAG_HELP = {
+    "objective": "training objective (CNF models can use flow_matching; a spec with parameters goes in "
+                 "a --config file)",
+    "likelihood_after": "switch to likelihood fine-tuning from this step on",
+    "trainable_levels": "train only these levels of a multi-level model (e.g. 0,1)",
+    "hflip": "random left-right flips",
+}
+
+
+def _flag_type(name: str) -> Any:
+    """The argparse type of a TrainConfig field: its annotation without ``None`` (objective: a name)."""
+    if name == "trainable_levels":
+        return _level_list
+    if name == "objective":
+        return str
+    annotation = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(annotation, types.UnionType):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    choices = {"precision": PRECISIONS, "objective": objectives()}
+    for name in _TRAIN_FLAGS:
+        flag = "--" + _FLAG_NAMES.get(name, name).replace("_", "-")
+        kind = _flag_type(name)
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=_FLAG_HELP.get(name))
+        else:
+            parser.add_argument(flag, dest=name, type=kind, choices=choices.get(name),
+                                metavar="S[,S...]" if name == "trainable_levels" else None,
+                                help=_FLAG_HELP.get(name))
+
+
 def _trainer_config(args: argparse.Namespace, preset: dict[str, Any]) -> TrainConfig:
     options = dict(preset)
-    given = {"steps": args.steps, "epochs": args.epochs, "minutes": args.minutes}
-    if any(v is not None for v in given.values()):
-        for key in given:
+    budgets = ("steps", "epochs", "minutes")
+    if any(getattr(args, key) is not None for key in budgets):
+        for key in budgets:
             options.pop(key, None)
-    for key in ("steps", "epochs", "minutes", "batch_size", "lr", "seed", "precision",
-                "eval_every", "sample_every", "checkpoint_every", "num_samples", "temperature",
-                "ema_decay", "accumulation", "objective", "likelihood_after", "trainable_levels"):
+    for key in _TRAIN_FLAGS:
         value = getattr(args, key)
         if value is not None:
             options[key] = value
     if args.minutes is not None and args.steps is None and args.epochs is None:
         options.setdefault("schedule", "constant")
-    if args.hflip:
-        options["hflip"] = True
     options["progress"] = not args.no_progress
     return TrainConfig.from_dict(options)
 
@@ -177,27 +216,7 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"{', '.join(DATASET_NAMES)} or a path (default digits)")
     train.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
     train.add_argument("--holdout", type=float, default=0.1, help="held-out fraction (0.1)")
-    train.add_argument("--steps", type=int)
-    train.add_argument("--epochs", type=float)
-    train.add_argument("--minutes", type=float)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--accumulation", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--ema-decay", type=float)
-    train.add_argument("--precision", choices=("auto", "float32", "float64", "bf16"))
-    train.add_argument("--seed", type=int)
-    train.add_argument("--objective", choices=("likelihood", "flow_matching"),
-                       help="training objective (CNF models can use flow_matching)")
-    train.add_argument("--likelihood-after", type=int, metavar="STEP",
-                       help="switch to likelihood fine-tuning from this step on")
-    train.add_argument("--levels", dest="trainable_levels", type=_level_list, metavar="S[,S...]",
-                       help="train only these levels of a multi-level model (e.g. 0,1)")
-    train.add_argument("--hflip", action="store_true", help="random left-right flips")
-    train.add_argument("--eval-every", type=int)
-    train.add_argument("--sample-every", type=int)
-    train.add_argument("--checkpoint-every", type=int)
-    train.add_argument("--num-samples", type=int)
-    train.add_argument("--temperature", type=float)
+    _add_train_flags(train)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda[:i] or mps")
     train.add_argument("--out", help="run folder (default runs/<model>-<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -1,8 +1,9 @@
 """Image datasets for training and evaluation: integer images in memory with their grey levels.
 
 Every source becomes an :class:`ImageData`: ``x`` of dtype uint8 and shape ``(N, C, H, W)``
-holding levels ``0 .. n_bins-1``. Dequantisation to ``v`` in ``[0, 1)`` (DESIGN.md section 3)
-happens in the trainer, once per pixel.
+holding levels ``0 .. n_bins-1``. :func:`dequantize` turns them into the continuous input
+``v`` in ``[0, 1)`` that every model sees (``docs/design.md`` §3), once per pixel; a :class:`Batch`
+carries ``v`` together with its ``n_bins``.
 
 Sources (:func:`load_dataset`):
 
@@ -27,8 +28,10 @@ import torch
 
 __all__ = [
     "DATASET_NAMES",
+    "Batch",
     "ImageData",
     "check_images",
+    "dequantize",
     "load_dataset",
     "load_image_folder",
     "load_npz",
@@ -85,6 +88,47 @@ class ImageData:
             ImageData(self.x[train], self.n_bins, f"{self.name}[train]"),
             ImageData(self.x[held], self.n_bins, f"{self.name}[held-out]"),
         )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Dequantised images ``v`` in ``[0, 1)`` and the ``n_bins`` levels of the integer data they came from.
+
+    ``n_bins`` is needed to turn ``log p(v)`` into bits per dimension of the discrete data.
+    """
+
+    v: torch.Tensor
+    n_bins: int
+
+    def chunk(self, chunks: int) -> list[Batch]:
+        """The batch split into ``chunks`` parts along the batch dimension (for accumulation)."""
+        return [Batch(part, self.n_bins) for part in self.v.chunk(chunks)]
+
+
+def dequantize(
+    x: torch.Tensor, n_bins: int, *, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Uniform dequantisation ``v = (x + u) / n_bins``, ``u ~ U[0, 1)`` drawn once per pixel of ``x``.
+
+    ``x`` holds integer levels in ``[0, n_bins)`` (any integer or float dtype); the result is floating
+    (``dtype``, default float32) and lies in ``[0, 1)``: where ``x + u`` rounds up to the next level in
+    low precision, ``v`` is clamped to the largest value below 1.
+    """
+    if x.is_floating_point():
+        levels = x
+    else:
+        levels = x.to(dtype or torch.get_default_dtype())
+    if dtype is None:
+        dtype = levels.dtype if levels.is_floating_point() else torch.get_default_dtype()
+    levels = levels.to(dtype)
+    lo, hi = float(levels.min()), float(levels.max())
+    if lo < 0 or hi > n_bins - 1:
+        raise ValueError(f"data values must lie in [0, {n_bins - 1}] for n_bins={n_bins}, got range [{lo}, {hi}]")
+    u = torch.rand(levels.shape, generator=generator, dtype=dtype, device=levels.device)
+    v = (levels + u) / n_bins
+    # In low precision (levels + u) can round up to the next level; keep v strictly below 1.
+    below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+    return v.clamp_(max=float(below_one))
 
 
 def check_images(x: object, n_bins: int, name: str) -> None:

@@ -34,8 +34,15 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "flowplug.components"
-KINDS = ("flow", "model", "distribution", "net")
-"""What a registered factory builds: a flow layer, a whole model, a base distribution, or a network."""
+KINDS = ("flow", "model", "distribution", "net", "objective")
+"""What a registered entry is: a factory of a flow layer, a whole model, a base distribution or a network, or a
+training objective (see :mod:`flowplug.train.objectives`)."""
+
+REGISTER_HINT = (
+    "a custom one must be registered by your own code (flowplug.register(name, factory, kind=...)) or "
+    f"declared as a {ENTRY_POINT_GROUP!r} entry point before a spec, config or checkpoint naming it is loaded; "
+    "flowplug never imports a module because a file names it"
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -134,19 +141,24 @@ def components(kind: str | None = None) -> list[str]:
     return sorted(name for name, info in _registry.items() if kind is None or info.kind == kind)
 
 
-def get_component(name: str) -> ComponentInfo:
-    """Look a component up; an unknown name raises ``ValueError`` listing the closest registered names."""
+def get_component(name: str, kind: str | None = None) -> ComponentInfo:
+    """Look a registered entry up by name (of ``kind``, when given).
+
+    Only registered names resolve: an unknown name raises ``ValueError`` naming it, the closest registered names
+    and how to register one. Nothing is imported because of the name.
+    """
     _load_external()
+    what = kind or "component"
     if not isinstance(name, str):
-        raise TypeError(f"component name must be a string, got {type(name).__name__}")
-    try:
-        return _registry[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _registry, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"unknown component {name!r}{hint} (flowplug.components() lists all)"
-        ) from None
+        raise TypeError(f"{what} name must be a string, got {type(name).__name__}")
+    info = _registry.get(name)
+    if info is not None and (kind is None or info.kind == kind):
+        return info
+    candidates = components(kind)
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+    known = f"registered {what}s: {', '.join(candidates)}" if kind else "flowplug.components() lists all"
+    raise ValueError(f"unknown {what} {name!r}; {hint}({known}; {REGISTER_HINT})") from None
 
 
 def _factory_signature(info: ComponentInfo) -> inspect.Signature | None:
@@ -157,11 +169,15 @@ def _factory_signature(info: ComponentInfo) -> inspect.Signature | None:
         return None
 
 
-def _check_arguments(info: ComponentInfo, kwargs: Mapping[str, Any]) -> None:
+def check_arguments(info: ComponentInfo, kwargs: Mapping[str, Any], supplied: int = 0) -> None:
+    """Raise ``TypeError`` naming an unknown or missing parameter of ``info``'s factory for ``kwargs``.
+
+    ``supplied`` leading positional parameters are passed by the caller (an objective's model and batch).
+    """
     signature = _factory_signature(info)
     if signature is None:
         return
-    params = signature.parameters
+    params = dict(list(signature.parameters.items())[supplied:])
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = [
@@ -207,7 +223,7 @@ def build(spec: str | Mapping[str, Any] | Sequence[Any]) -> Any:
             for key, value in spec.items()
             if key != "type"
         }
-        _check_arguments(info, kwargs)
+        check_arguments(info, kwargs)
         return info.factory(**kwargs)
     if isinstance(spec, Sequence):
         return [build(item) for item in spec]

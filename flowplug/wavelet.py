@@ -1,4 +1,4 @@
-"""The unimodular Haar wavelet transform (DESIGN.md §1) as functions and as normflows flows.
+"""The unimodular Haar wavelet transform (docs/design.md §1) as functions and as normflows flows.
 
 Per channel, each 2×2 block ``x1 = x[2i, 2j]``, ``x2 = x[2i, 2j+1]``, ``x3 = x[2i+1, 2j]``,
 ``x4 = x[2i+1, 2j+1]`` maps to
@@ -35,6 +35,7 @@ __all__ = [
     "HaarMerge",
     "HaarSplit",
     "HaarSqueeze",
+    "haar_cascade",
     "haar_decompose",
     "haar_pyramid",
     "haar_pyramid_reconstruct",
@@ -160,20 +161,29 @@ def haar_reconstruct(coarse: torch.Tensor, details: torch.Tensor) -> torch.Tenso
     return _Synthesis.apply(coarse, details, *_SYNTHESIS_SCALES)
 
 
-def haar_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Decompose into ``levels`` resolution levels: ``([y_0, ..., y_{S-2}], x_{S-1})``, finest details first.
+def haar_cascade(x: torch.Tensor, levels: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``levels - 1`` steps of the pyramid: ``[(y_0, x_1), …, (y_{S-2}, x_{S-1})]``, finest first.
 
-    ``x_0 = x`` and ``(y_s, x_{s+1}) = M⁻¹(x_s)``; H and W must be divisible by ``2**(levels-1)``.
-    ``levels=1`` returns ``([], x)``.
+    ``x_0 = x`` and ``(y_s, x_{s+1}) = M⁻¹(x_s)``: each coarse image is the one the transform produced (what a
+    detail level is conditioned on). H and W must be divisible by ``2**(levels-1)``; ``levels=1`` gives ``[]``.
     """
     if not isinstance(levels, int) or levels < 1:
         raise ValueError(f"levels must be a positive integer, got {levels!r}")
     check_image(x, "x", divisor=2 ** (levels - 1))
-    details = []
+    steps = []
     for _ in range(levels - 1):
         x, y = haar_decompose(x)
-        details.append(y)
-    return details, x
+        steps.append((y, x))
+    return steps
+
+
+def haar_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Decompose into ``levels`` resolution levels: ``([y_0, ..., y_{S-2}], x_{S-1})``, finest details first.
+
+    See :func:`haar_cascade`; ``levels=1`` returns ``([], x)``.
+    """
+    steps = haar_cascade(x, levels)
+    return [y for y, _ in steps], steps[-1][1] if steps else x
 
 
 def haar_pyramid_reconstruct(details: Sequence[torch.Tensor], coarsest: torch.Tensor) -> torch.Tensor:

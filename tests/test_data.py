@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowplug.data import ImageData, load_dataset, load_npz, random_hflip
+from flowplug.data import ImageData, dequantize, load_dataset, load_npz, random_hflip
 
 
 def test_embedded_digits():
@@ -95,3 +95,21 @@ def test_values_above_n_bins_and_wrong_types():
         ImageData(torch.full((1, 1, 2, 2), 4, dtype=torch.uint8), 4, "t")
     with pytest.raises(TypeError, match="uint8"):
         ImageData(torch.zeros(1, 1, 2, 2), 4, "t")
+
+
+def test_dequantize_stays_in_the_pixel_bin():
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    v = dequantize(x, 256, generator=torch.Generator().manual_seed(0))
+    assert v.dtype == torch.float32 and ((v >= 0) & (v < 1)).all()
+    assert torch.equal(torch.floor(v * 256).to(torch.uint8), x)
+
+
+def test_dequantize_never_reaches_one_in_low_precision():
+    x = torch.full((1000,), 255, dtype=torch.uint8)
+    v = dequantize(x, 256, dtype=torch.bfloat16)
+    assert (v < 1).all()
+
+
+def test_dequantize_rejects_out_of_range_levels():
+    with pytest.raises(ValueError, match=r"\[0, 16\] for n_bins=17, got range \[0.0, 17.0\]"):
+        dequantize(torch.tensor([0, 17]), 17)

@@ -1,6 +1,6 @@
 """The continuous normalizing flow component (FFJORD with RNODE's regularisers), a normflows Flow.
 
-Time runs as in FFJORD (DESIGN.md §4): data at ``t = 0``, latent at ``t = T``. The density direction
+Time runs as in FFJORD (docs/design.md §4): data at ``t = 0``, latent at ``t = T``. The density direction
 ``inverse(x)`` integrates ``dz/dt = f(t, z, context)`` from 0 to T together with
 ``dL/dt = tr(∂f/∂z)``; then ``L(T) = log|det ∂z(T)/∂x|``. The sampling direction ``forward(z)``
 integrates the same system from T to 0, and ``L(0)`` is the log-determinant of that map (the
@@ -26,16 +26,14 @@ from torch import nn
 
 from flowplug._checks import check_finite, check_floating, check_same_dtype_and_device
 from flowplug.cnf.divergence import PROBES, exact_divergence, hutchinson_divergence, sample_probe
+from flowplug.cnf.flow_matching import straight_path
 from flowplug.cnf.regularization import RNODE
-from flowplug.cnf.solver import ODESolverError, SolverSettings, solve
+from flowplug.cnf.solver import DEFAULT_SOLVER, ODESolverError, SolverSettings, solve
 from flowplug.registry import register
 
 __all__ = ["CNF", "DIVERGENCES", "NFECount"]
 
 DIVERGENCES = ("hutchinson", "exact")
-
-DEFAULT_SOLVER = SolverSettings()
-"""dopri5 at atol = rtol = 1e-5, FFJORD's training setting."""
 
 SolverLike = SolverSettings | Mapping[str, Any] | str
 
@@ -67,6 +65,7 @@ class _Dynamics:
         rnode: RNODE | None,
         settings: SolverSettings,
         counts: tuple[NFECount, ...],
+        check_finite: bool,
     ) -> None:
         self.net = net
         self.context = context
@@ -74,6 +73,7 @@ class _Dynamics:
         self.rnode = rnode
         self.settings = settings
         self.counts = counts
+        self.check_finite = check_finite
         self.phase = "forward"
         """``"backward"`` once the forward solve has returned: later calls are the adjoint's."""
 
@@ -103,14 +103,15 @@ class _Dynamics:
                 trace, sq_frobenius = hutchinson_divergence(
                     dz, z, self.probe, create_graph=create_graph, frobenius=frobenius
                 )
-        finite = torch.isfinite(z).all() & torch.isfinite(dz).all() & torch.isfinite(trace).all()
-        if not bool(finite):
-            raise ODESolverError(
-                f"non-finite ODE state or dynamics (NaN or inf) at t={float(t):.6g} in the "
-                f"{self.phase} solve with {self.settings.describe()}; the flow has diverged: lower "
-                "the learning rate, regularise it (kinetic_energy / jacobian_norm), or check the "
-                "inputs' scale"
-            )
+        if self.check_finite:
+            finite = torch.isfinite(z).all() & torch.isfinite(dz).all() & torch.isfinite(trace).all()
+            if not bool(finite):  # a host synchronisation per evaluation: only when asked for
+                raise ODESolverError(
+                    f"non-finite ODE state or dynamics (NaN or inf) at t={float(t):.6g} in the "
+                    f"{self.phase} solve with {self.settings.describe()}; the flow has diverged: lower "
+                    "the learning rate, regularise it (kinetic_energy / jacobian_norm), or check the "
+                    "inputs' scale"
+                )
         rates = self.rnode.rates(dz, sq_frobenius) if self.rnode is not None else ()
         derivatives = (dz, trace, *rates)
         return derivatives if create_graph else tuple(d.detach() for d in derivatives)
@@ -131,7 +132,12 @@ class CNF(Flow):
     solve) instead of through the solver's operations. kinetic_energy, jacobian_norm: RNODE
     coefficients (see :mod:`flowplug.cnf.regularization`); the terms are integrated only in
     training-mode density passes, and only when their coefficient is nonzero. eval_divergence: the
-    trace in ``eval()`` mode; ``None`` means ``divergence``.
+    trace in ``eval()`` mode; ``None`` means ``divergence``. check_finite: check the state and
+    dynamics for NaN/inf at every function evaluation and raise :class:`ODESolverError` naming the
+    time and solver at the first; off by default because each check waits for the device (a host
+    synchronisation per evaluation). Without it a diverging adaptive solve fails with torchdiffeq's
+    step-size underflow (reported as :class:`ODESolverError`), and a non-finite result surfaces in
+    the loss, which the trainer checks once per step.
 
     After each solve ``last_nfe`` holds its number of net evaluations and ``last_nfe_backward`` the
     number the adjoint backward solve took (it grows during ``backward()``; 0 without adjoint, where
@@ -152,6 +158,7 @@ class CNF(Flow):
         kinetic_energy: float = 0.0,
         jacobian_norm: float = 0.0,
         eval_divergence: str | None = None,
+        check_finite: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -176,6 +183,7 @@ class CNF(Flow):
             self.train_solver if eval_solver is None else SolverSettings.coerce(eval_solver)
         )
         self.adjoint = bool(adjoint)
+        self.check_finite = bool(check_finite)
         self.rnode = RNODE(kinetic_energy=kinetic_energy, jacobian_norm=jacobian_norm)
         self.nfe = NFECount()
         self._last_nfe = NFECount()
@@ -216,6 +224,29 @@ class CNF(Flow):
         """Density: data ``x`` (time 0) → latent (time T); returns ``(z, log|det ∂z/∂x|)``."""
         return self._integrate(x, context, density=True)
 
+    def flow_matching_loss(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        sigma: float = 1e-4,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Per-sample conditional flow-matching losses ``(B,)`` of the net on data ``x`` (no ODE solve).
+
+        One time and one noise draw per sample on the straight path of :mod:`flowplug.cnf.flow_matching`;
+        ``context`` is passed to the net as in the CNF's own solves; ``sigma`` (``0 ≤ σ < 1``) is the path's
+        blur at the data end.
+        """
+        if not 0.0 <= sigma < 1.0:
+            raise ValueError(f"sigma must lie in [0, 1), got {sigma}")
+        self._check_inputs(x, context)
+        s = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z, target = straight_path(x, noise, s, sigma, self.T)
+        predicted = self.net(s * self.T, z, context=context)
+        return (predicted - target).pow(2).flatten(1).mean(1)
+
     def _check_inputs(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
         check_floating(x, "CNF input")
         if x.ndim < 2 or x.shape[0] == 0:
@@ -249,7 +280,9 @@ class CNF(Flow):
         regularize = density and self.training and bool(self.rnode.active)
         rnode = self.rnode if regularize else None
         self._last_nfe = NFECount()
-        dynamics = _Dynamics(self.net, context, probe, rnode, settings, (self.nfe, self._last_nfe))
+        dynamics = _Dynamics(
+            self.net, context, probe, rnode, settings, (self.nfe, self._last_nfe), self.check_finite
+        )
 
         zeros = x.new_zeros(x.shape[0])
         state = (x, zeros) + (zeros,) * len(rnode.active if rnode else ())
@@ -273,6 +306,6 @@ class CNF(Flow):
         return (
             f"T={self.T}, divergence={self.divergence!r}, "
             f"eval_divergence={self.eval_divergence!r}, "
-            f"adjoint={self.adjoint}, train_solver=({self.train_solver.describe()}), "
+            f"adjoint={self.adjoint}, check_finite={self.check_finite}, train_solver=({self.train_solver.describe()}), "
             f"eval_solver=({self.eval_solver.describe()})" + (f", {rnode}" if rnode else "")
         )

@@ -17,16 +17,26 @@ from typing import Any
 import torch
 from torchdiffeq import odeint, odeint_adjoint
 
-# the method table odeint dispatches on (torchdiffeq has no public alias for it)
-from torchdiffeq._impl.odeint import SOLVERS
-
-__all__ = ["FIXED_STEP_METHODS", "ODESolverError", "SolverSettings", "solve"]
+__all__ = [
+    "DEFAULT_EVAL_SOLVER",
+    "DEFAULT_SOLVER",
+    "DEFAULT_TRAIN_SOLVER",
+    "FIXED_STEP_METHODS",
+    "METHODS",
+    "ODESolverError",
+    "SolverSettings",
+    "solve",
+]
 
 FIXED_STEP_METHODS = frozenset(
     {"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams",
      "fixed_adams"}
 )
 """torchdiffeq methods that step on a fixed grid and therefore need ``step_size``."""
+METHODS = frozenset(
+    {"dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver"} | FIXED_STEP_METHODS
+)
+"""The method names ``torchdiffeq.odeint`` accepts (its public documentation's list; a test checks each)."""
 
 
 class ODESolverError(RuntimeError):
@@ -50,9 +60,9 @@ class SolverSettings:
     options: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        if self.method not in SOLVERS:
+        if self.method not in METHODS:
             raise ValueError(
-                f"unknown ODE solver method {self.method!r}; torchdiffeq offers {sorted(SOLVERS)}"
+                f"unknown ODE solver method {self.method!r}; torchdiffeq offers {sorted(METHODS)}"
             )
         for name in ("atol", "rtol"):
             value = getattr(self, name)
@@ -118,6 +128,13 @@ class SolverSettings:
             options["step_size"] = self.step_size
         return {"method": self.method, "atol": self.atol, "rtol": self.rtol, "options": options}
 
+
+DEFAULT_SOLVER = SolverSettings()
+"""A CNF's default: dopri5 at atol = rtol = 1e-5, FFJORD's training setting."""
+DEFAULT_TRAIN_SOLVER = SolverSettings(atol=1e-3, rtol=1e-3)
+"""MRCNF's training solves: loose tolerances (the likelihood gradient tolerates them; RNODE keeps NFE low)."""
+DEFAULT_EVAL_SOLVER = SolverSettings(atol=1e-5, rtol=1e-5)
+"""MRCNF's evaluation solves: tight enough that the reported bits per dimension is converged in the tolerance."""
 
 _SOLVER_FAILURES = ("underflow in dt", "max_num_steps exceeded")
 

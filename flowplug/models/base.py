@@ -1,30 +1,40 @@
-"""The interface every flowplug model offers, so that the trainer, the CLI and the benchmarks treat all alike.
+"""The contract between a model and the rest of flowplug (trainer, CLI, benchmarks): :class:`FlowModel`.
 
-A model takes dequantised images ``v`` in ``[0, 1)`` of shape ``(B, *image_shape)`` (DESIGN.md §3) and exposes
-normflows' model methods. ``config`` is a registry spec (``{"type": name, **kwargs}``) from which
-:func:`flowplug.build` rebuilds an identical, untrained model; checkpoints store it.
+A model takes dequantised images ``v`` in ``[0, 1)`` of shape ``(B, *image_shape)`` (``docs/design.md`` §3) and
+exposes normflows' model methods. Subclasses implement :meth:`~FlowModel.log_prob` and :meth:`~FlowModel.sample`;
+every other method the trainer calls has a default here, so the trainer calls methods instead of probing for
+attributes. ``config`` is a registry spec (``{"type": name, **kwargs}``) from which :func:`flowplug.build`
+rebuilds an identical, untrained model; checkpoints store it.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from flowplug._checks import check_floating
-from flowplug.metrics import bits_per_dim
+from flowplug.cnf.flow import CNF
+from flowplug.metrics import bits_per_dim, level_bits_per_dim
 
 __all__ = ["FlowModel"]
 
 
 class FlowModel(nn.Module, ABC):
-    """Base class of flowplug's models (MRCNF, single-resolution CNF, Glow, RealNVP)."""
+    """Base class of flowplug's models (MRCNF, single-resolution CNF, Glow, RealNVP) and the trainer's contract.
+
+    Required: ``image_shape`` ``(C, H, W)``, :meth:`log_prob`, :meth:`sample`. Defaults (override where the model
+    has more to offer): one level (:meth:`level_log_probs`), no data-dependent initialisation, no flow-matching
+    objective, no level-wise training; :attr:`is_continuous` finds CNFs among the submodules.
+    """
 
     image_shape: tuple[int, int, int]
-    config: dict[str, Any]
+    config: dict[str, Any] | None = None
+    """The registry spec that rebuilds the model (``None``: not rebuildable, e.g. built from modules)."""
 
     @abstractmethod
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
@@ -43,11 +53,25 @@ class FlowModel(nn.Module, ABC):
     def initialize_from_data(self, v: torch.Tensor) -> None:
         """Data-dependent initialisation from a batch of training images; models without any do nothing."""
 
-    def flow_matching_loss(self, v: torch.Tensor, sigma: float = 1e-4) -> torch.Tensor:
-        """The flow-matching objective, for models whose flows are CNFs (see :class:`flowplug.MRCNF`)."""
+    def level_flow_matching_losses(self, v: torch.Tensor, sigma: float = 1e-4) -> list[torch.Tensor]:
+        """Per-level mean flow-matching losses, for models whose flows are CNFs (see :class:`flowplug.MRCNF`)."""
         raise NotImplementedError(
             f"{type(self).__name__} has no flow-matching objective; train it by likelihood"
         )
+
+    def flow_matching_loss(self, v: torch.Tensor, sigma: float = 1e-4) -> torch.Tensor:
+        """The flow-matching objective: the sum over levels of :meth:`level_flow_matching_losses`."""
+        return torch.stack(self.level_flow_matching_losses(v, sigma)).sum()
+
+    def set_trainable_levels(self, levels: Iterable[int] | None) -> None:
+        """Train only ``levels`` and freeze the others (``None``: all); single-level models only accept ``None``."""
+        if levels is not None:
+            raise ValueError(f"trainable_levels needs a multi-level model, {type(self).__name__} has no levels")
+
+    @property
+    def is_continuous(self) -> bool:
+        """Whether the model integrates ODEs (holds a CNF): such models train in float32 by default."""
+        return any(isinstance(module, CNF) for module in self.modules())
 
     def forward_kld(self, v: torch.Tensor) -> torch.Tensor:
         """Forward KL divergence up to a constant: the mean negative log-likelihood of the batch."""
@@ -58,8 +82,15 @@ class FlowModel(nn.Module, ABC):
         return math.prod(self.image_shape)
 
     def bits_per_dim(self, v: torch.Tensor, n_bins: int = 256) -> torch.Tensor:
-        """Bits per dimension per sample (DESIGN.md §3)."""
-        return bits_per_dim(self.log_prob(v), self.num_dims, n_bins)
+        """Bits per dimension per sample (``docs/design.md`` §3)."""
+        return bits_per_dim(self.level_log_probs(v), self.num_dims, n_bins)
+
+    def level_bits_per_dim(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Each level's share ``-log p_s / (D ln 2)`` of :meth:`bits_per_dim` (``D`` of the full image), per sample.
+
+        They add up to :meth:`bits_per_dim` minus ``log2(n_bins)``: that constant belongs to the whole image.
+        """
+        return level_bits_per_dim(self.level_log_probs(v), self.num_dims)
 
     def check_input(self, v: torch.Tensor) -> None:
         """Raise a ``ValueError``/``TypeError`` naming the problem unless ``v`` is a batch of this model's images."""

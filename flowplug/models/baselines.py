@@ -7,7 +7,7 @@ them. Level ``i`` (0 = coarsest) therefore acts on ``C * 2^(L+1-i)`` channels at
 ``H/2^(L-i) x W/2^(L-i)``, and ``H`` and ``W`` must be divisible by ``2^L``. The base
 distributions are normflows' ``GlowBase`` (a learned per-channel Gaussian).
 
-The models see ``v`` in ``[0, 1)`` (DESIGN.md section 3) and first map it to the real line with
+The models see ``v`` in ``[0, 1)`` (docs/design.md §3) and first map it to the real line with
 normflows' ``Logit`` transform ``logit(alpha + (1 - 2 alpha) v)``, whose exact log-determinant is
 part of ``log_prob``.
 """

@@ -1,15 +1,15 @@
-"""The multi-resolution CNF composite (MRCNF, DESIGN.md §5).
+"""The multi-resolution CNF composite (MRCNF, docs/design.md §5).
 
 An image ``v`` (dequantised, in ``[0, 1)``) is split by the Haar pyramid into the coarsest image ``x_{S-1}``
 and detail tensors ``y_0`` (finest) … ``y_{S-2}``. The transform has log-determinant 0, so
 
     log p(v) = log p(x_{S-1}) + Σ_s log p(y_s | x_{s+1}).
 
-Level ``s`` of the model (``model.levels[s]``, DESIGN.md's numbering) is a :class:`ResolutionLevel`: a list of
-flow components over its tensor and a standard normal base. The detail levels ``s < S-1`` receive the coarse
-image ``x_{s+1}`` (in the ``[0, 1)`` scale of ``v``) as ``context``; components that do not take ``context``
-ignore it, so a level may mix CNFs with normflows' Glow blocks, couplings and ActNorm. The coarsest level first
-maps ``x_{S-1}`` through a logit (``logit(α + (1 − 2α) x)``) with its exact log-determinant.
+Level ``s`` of the model (``model.levels[s]``, numbered as in ``docs/design.md`` §1) is a :class:`ResolutionLevel`:
+a list of flow components over its tensor and a standard normal base. The detail levels ``s < S-1`` receive the
+coarse image ``x_{s+1}`` (in the ``[0, 1)`` scale of ``v``) as ``context``; components that do not take ``context``
+ignore it, so a level may mix CNFs with normflows' Glow blocks, couplings and ActNorm. The coarsest level first maps
+``x_{S-1}`` through a logit (``logit(α + (1 − 2α) x)``) with its exact log-determinant.
 
 Because the levels' parameters are disjoint the loss separates: levels can be trained jointly
 (:meth:`MRCNF.set_trainable_levels`), one at a time or in separate runs, and combined afterwards
@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,13 +30,13 @@ from torch import nn
 
 from flowplug._checks import check_floating
 from flowplug.cnf import CNF
-from flowplug.cnf.flow_matching import flow_matching_loss
+from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
 from flowplug.conditioning import run_forward, run_inverse
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
 from flowplug.registry import build, register
 from flowplug.standardize import Standardize
-from flowplug.wavelet import haar_decompose, haar_pyramid, haar_reconstruct
+from flowplug.wavelet import haar_cascade, haar_pyramid, haar_reconstruct
 
 __all__ = ["MRCNF", "ResolutionLevel", "default_level_spec"]
 
@@ -94,7 +93,7 @@ class ResolutionLevel(nn.Module):
             kinds = [type(f).__name__ for f in self.flows]
             raise ValueError(f"flow matching needs a level made of exactly one CNF, this level holds {kinds}")
         prepared, _ = run_inverse(self._preparation(), x)
-        return flow_matching_loss(self.flows[0], prepared, context, sigma=sigma)
+        return self.flows[0].flow_matching_loss(prepared, context, sigma=sigma)
 
     def inverse_and_log_det(
         self, x: torch.Tensor, context: torch.Tensor | None = None
@@ -160,8 +159,8 @@ def default_level_spec(
         "T": T,
         "divergence": divergence,
         "probe": probe,
-        "train_solver": dict(train_solver or DEFAULT_TRAIN_SOLVER),
-        "eval_solver": dict(eval_solver or DEFAULT_EVAL_SOLVER),
+        "train_solver": dict(train_solver or DEFAULT_TRAIN_SOLVER.to_dict()),
+        "eval_solver": dict(eval_solver or DEFAULT_EVAL_SOLVER.to_dict()),
         "adjoint": adjoint,
         "kinetic_energy": kinetic_energy,
         "jacobian_norm": jacobian_norm,
@@ -169,10 +168,6 @@ def default_level_spec(
     return [copy.deepcopy(cnf) for _ in range(cnfs_per_level)]
 
 
-DEFAULT_TRAIN_SOLVER: Mapping[str, Any] = {"method": "dopri5", "atol": 1e-3, "rtol": 1e-3}
-"""Training solves: loose tolerances (the likelihood gradient tolerates them; RNODE keeps NFE low)."""
-DEFAULT_EVAL_SOLVER: Mapping[str, Any] = {"method": "dopri5", "atol": 1e-5, "rtol": 1e-5}
-"""Evaluation solves: tight enough that the reported bits per dimension is converged in the tolerance."""
 
 def _is_plain_spec(level: LevelFlows) -> bool:
     return all(isinstance(item, (str, Mapping)) for item in level)
@@ -185,10 +180,10 @@ class MRCNF(FlowModel):
     Args:
         image_shape: ``(C, H, W)``; H and W divisible by ``2 ** (levels - 1)``.
         levels: number of resolution levels ``S`` (1 is a single-resolution CNF with a logit).
-        level_flows: optional list of ``S`` component lists, index ``s`` as in DESIGN.md (0 = finest details,
+        level_flows: optional list of ``S`` component lists, numbered as in ``docs/design.md`` §1 (0 = finest details,
             ``S-1`` = coarsest image), each listed in the sampling direction. Items are registry specs (the model
-            then stays rebuildable from :attr:`config`) or modules. ``None`` entries (or ``level_flows=None``)
-            take :func:`default_level_spec` with the options below.
+            then stays rebuildable from :attr:`config`) or modules. ``None`` entries (or ``level_flows=None``) take
+            :func:`default_level_spec` with the options below.
         **level_options: options of the default CNF levels, the keyword arguments of
             :func:`default_level_spec` (``hidden_channels=64``, ``num_layers=3``, ``cnfs_per_level=1``,
             ``activation="softplus"``, ``T=1.0``, ``divergence="hutchinson"``, ``probe="rademacher"``,
@@ -268,15 +263,6 @@ class MRCNF(FlowModel):
         return channels, height // factor, width // factor
 
     # -------------------------------------------------------------------------------------------- likelihood
-    def _check_logit_domain(self, coarsest: torch.Tensor) -> None:
-        """The coarsest image (block means of ``v``) must lie in ``[0, 1]``, the logit's domain."""
-        lo, hi = (float(t) for t in torch.aminmax(coarsest.detach()))
-        if not (0.0 <= lo and hi <= 1.0):
-            raise ValueError(
-                f"the coarsest image (block means of v) must lie in [0, 1] for the logit preprocessing, got "
-                f"values in [{lo:.4g}, {hi:.4g}]; MRCNF expects dequantised images v = (x + u) / n_bins in [0, 1)"
-            )
-
     def decompose(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``([y_0, …, y_{S-2}], x_{S-1})`` of ``v`` (finest details first)."""
         return haar_pyramid(v, self.num_levels)
@@ -291,13 +277,6 @@ class MRCNF(FlowModel):
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
         """``log p(v)`` per sample (the Haar transform adds nothing: its log-determinant is 0)."""
         return torch.stack(self.level_log_probs(v)).sum(0)
-
-    def level_bits_per_dim(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """Each level's contribution ``-log p_s / (D ln 2)`` (``D = C·H·W`` of the full image), per sample.
-
-        They add up to :meth:`bits_per_dim` minus ``log2(n_bins)``: that constant belongs to the whole image.
-        """
-        return [-term / (self.num_dims * math.log(2.0)) for term in self.level_log_probs(v)]
 
     def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Density direction: ``v`` → latents ``[z_0, …, z_{S-1}]`` (index = level) and the total log-det."""
@@ -324,13 +303,10 @@ class MRCNF(FlowModel):
         for the detail levels — each coarse image is the one the transform produced from ``v`` — and
         ``(x_{S-1}, None)`` for the coarsest."""
         self.check_input(v)
-        inputs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        x = v
-        for _ in range(self.num_levels - 1):
-            x, details = haar_decompose(x)
-            inputs.append((details, x))
-        self._check_logit_domain(x)
-        return [*inputs, (x, None)]
+        steps = haar_cascade(v, self.num_levels)
+        coarsest = steps[-1][1] if steps else v
+        _check_logit_domain(coarsest)
+        return [*steps, (coarsest, None)]
 
     @torch.no_grad()
     def initialize_from_data(self, v: torch.Tensor, overwrite: bool = False) -> None:
@@ -348,10 +324,6 @@ class MRCNF(FlowModel):
             level.flow_matching_loss(x, context, sigma).mean()
             for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
         ]
-
-    def flow_matching_loss(self, v: torch.Tensor, sigma: float = 1e-4) -> torch.Tensor:
-        """The flow-matching objective: the sum over levels of :meth:`level_flow_matching_losses`."""
-        return torch.stack(self.level_flow_matching_losses(v, sigma)).sum()
 
     # -------------------------------------------------------------------------------------------- sampling
     def sample(
@@ -391,7 +363,7 @@ class MRCNF(FlowModel):
 
     # -------------------------------------------------------------------------------- level-wise training
     def set_trainable_levels(self, levels: Iterable[int] | None) -> None:
-        """Train only ``levels`` (DESIGN.md numbering) and freeze the others; ``None`` trains all."""
+        """Train only ``levels`` (numbered as in ``docs/design.md`` §1), freeze the others; ``None`` trains all."""
         chosen = set(range(self.num_levels)) if levels is None else {self._level_index(s) for s in levels}
         for s, level in enumerate(self.levels):
             level.requires_grad_(s in chosen)
@@ -464,6 +436,17 @@ def _check_level_options(options: Mapping[str, Any]) -> None:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"MRCNF has no option {key!r}{hint} (level options: {', '.join(known)})")
+
+
+def _check_logit_domain(coarsest: torch.Tensor) -> None:
+    """The coarsest image (block means of ``v``) must lie in ``[0, 1]``, the logit's domain: one vectorised check
+    (a single host synchronisation per call)."""
+    lo, hi = (float(t) for t in torch.aminmax(coarsest.detach()))
+    if not (0.0 <= lo and hi <= 1.0):
+        raise ValueError(
+            f"the coarsest image (block means of v) must lie in [0, 1] for the logit preprocessing, got "
+            f"values in [{lo:.4g}, {hi:.4g}]; MRCNF expects dequantised images v = (x + u) / n_bins in [0, 1)"
+        )
 
 
 def _check_image_shape(image_shape: Sequence[int], levels: int) -> tuple[int, int, int]:

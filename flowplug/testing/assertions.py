@@ -1,6 +1,6 @@
 """Property assertions for flows and flow models; they need only torch (no Hypothesis).
 
-Conventions (normflows', DESIGN.md §2): ``flow.forward(z)`` is the sampling direction and ``flow.inverse(x)``
+Conventions (normflows', docs/design.md §2): ``flow.forward(z)`` is the sampling direction and ``flow.inverse(x)``
 the density direction; each returns ``(out, log_det)``. ``x``, ``z`` and ``out`` may be one tensor or a list of
 tensors sharing the batch dimension (``Split``/``Merge``-like flows). A ``context`` is passed only to flows
 whose ``forward``/``inverse`` take one (:mod:`flowplug.conditioning`).

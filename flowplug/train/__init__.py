@@ -1,20 +1,25 @@
-"""The shared training API: :class:`Trainer`, its :class:`TrainConfig`, and checkpoints."""
+"""The shared training API: :class:`Trainer`, its :class:`TrainConfig`, objectives and checkpoints."""
 
 from flowplug.train.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from flowplug.train.combine import combine_level_checkpoints
-from flowplug.train.objectives import OBJECTIVES, get_objective
-from flowplug.train.trainer import TrainConfig, Trainer, count_nfe, resolve_device
+from flowplug.train.config import TrainConfig
+from flowplug.train.devices import resolve_device
+from flowplug.train.evaluation import count_nfe, evaluate
+from flowplug.train.objectives import get_objective, objective_spec, objectives
+from flowplug.train.trainer import Trainer
 
 __all__ = [
-    "OBJECTIVES",
     "CheckpointError",
     "TrainConfig",
     "Trainer",
     "build_model",
     "combine_level_checkpoints",
     "count_nfe",
+    "evaluate",
     "get_objective",
     "load_checkpoint",
+    "objective_spec",
+    "objectives",
     "resolve_device",
     "save_checkpoint",
 ]

@@ -1,90 +1,89 @@
-"""Training objectives: a callable ``(model, v, n_bins) -> (loss, metrics)`` chosen by name.
+"""Training objectives, named by registered specs such as ``{"type": "flow_matching", "sigma": 1e-4}``.
 
-``loss`` is the scalar to minimise for the batch ``v`` (dequantised images in ``[0, 1)``);
-``metrics`` are detached scalars to log. Extra loss terms that components contribute
-(:mod:`flowplug.losses`) are added by the trainer, not here. Objectives register in
-:data:`OBJECTIVES`: ``"likelihood"`` is maximum likelihood, ``"flow_matching"`` regresses CNF
-velocity fields (MRCNF and the single-resolution CNF).
+An objective is a function ``(model, batch, **params) -> (loss, metrics)`` registered in the component registry
+with ``kind="objective"``: ``loss`` is the scalar to minimise for the :class:`~flowplug.data.Batch`, ``metrics``
+are detached scalars to log. Its spec names it by ``type`` and sets its keyword-only ``params``. Extra loss terms
+that components contribute (:mod:`flowplug.losses`) are added by the trainer, not here.
+
+Configs and checkpoints hold specs only, so loading one never imports anything: a custom objective is registered
+by the user's code (``flowplug.register("name", function, kind="objective")``) or a ``flowplug.components``
+entry point before the config or checkpoint naming it is loaded. :func:`objective_spec` is the one place that
+validates a spec.
 """
 
 from __future__ import annotations
 
-import importlib
+import copy
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
+from flowplug.data import Batch
 from flowplug.metrics import bits_per_dim
+from flowplug.models.base import FlowModel
+from flowplug.registry import check_arguments, components, get_component, register
 
-__all__ = ["OBJECTIVES", "Objective", "flow_matching", "get_objective", "likelihood", "objective_name"]
+__all__ = ["Objective", "flow_matching", "get_objective", "likelihood", "objective_spec", "objectives"]
 
-Objective = Callable[[nn.Module, torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Objective = Callable[[FlowModel, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""An objective with its parameters bound: ``(model, batch) -> (loss, metrics)``."""
+
+_KIND = "objective"
 
 
-def likelihood(
-    model: nn.Module, v: torch.Tensor, n_bins: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean negative log-likelihood; logs ``nll`` and ``bpd`` (DESIGN.md section 3)."""
-    log_prob = model.log_prob(v)
+@register("likelihood", kind=_KIND)
+def likelihood(model: FlowModel, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Maximum likelihood: the mean negative log-likelihood; logs ``nll`` and ``bpd``."""
+    log_prob = model.log_prob(batch.v)
     nll = -log_prob.mean()
-    bpd = bits_per_dim(log_prob.detach().mean(), math.prod(v.shape[1:]), n_bins)
+    bpd = bits_per_dim(log_prob.detach().mean(), math.prod(batch.v.shape[1:]), batch.n_bins)
     return nll, {"nll": nll.detach(), "bpd": bpd}
 
 
+@register("flow_matching", kind=_KIND)
 def flow_matching(
-    model: nn.Module, v: torch.Tensor, n_bins: int
+    model: FlowModel, batch: Batch, *, sigma: float = 1e-4
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The model's conditional flow-matching loss (CNF models, see :mod:`flowplug.cnf.flow_matching`).
+    """Conditional flow matching of the model's CNFs (see :mod:`flowplug.cnf.flow_matching`).
 
     No ODE is solved, so no likelihood is logged during training; evaluation still reports the
-    exact-likelihood bits per dimension. Logs ``fm_loss`` and, for multi-level models, ``fm_level_<s>``.
+    exact-likelihood bits per dimension. Logs ``fm_loss`` and ``fm_level_<s>`` per level.
     """
-    del n_bins  # the regression loss does not depend on the quantisation
-    per_level = getattr(model, "level_flow_matching_losses", None)
-    if per_level is None:
-        loss = model.flow_matching_loss(v)
-        return loss, {"fm_loss": loss.detach()}
-    terms = per_level(v)
+    terms = model.level_flow_matching_losses(batch.v, sigma=sigma)
     loss = torch.stack(terms).sum()
     metrics = {f"fm_level_{s}": term.detach() for s, term in enumerate(terms)}
     return loss, {"fm_loss": loss.detach(), **metrics}
 
 
-OBJECTIVES: dict[str, Objective] = {"likelihood": likelihood, "flow_matching": flow_matching}
+def objectives() -> list[str]:
+    """Names of the registered objectives."""
+    return components(_KIND)
 
 
-def get_objective(objective: str | Objective) -> Objective:
-    """An objective by name (a key of :data:`OBJECTIVES`, or ``"module:function"`` for one defined
-    elsewhere, as :func:`objective_name` records it) or the callable itself."""
-    if callable(objective):
-        return objective
-    if objective in OBJECTIVES:
-        return OBJECTIVES[objective]
-    if isinstance(objective, str) and ":" in objective:
-        module_name, _, qualname = objective.partition(":")
-        try:
-            found: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                found = getattr(found, part)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"cannot import the objective {objective!r}: {error}") from None
-        if callable(found):
-            return found
-    raise ValueError(
-        f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}, "
-        "'module:function' or a callable"
-    )
+def objective_spec(objective: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The validated spec ``{"type": name, **params}`` of ``objective`` (a registered name or a spec).
 
-
-def objective_name(objective: str | Objective) -> str:
-    """How a config records ``objective`` as plain data: its key in :data:`OBJECTIVES`, or
-    ``"module:qualname"`` for another callable (importable again where it is a module-level name)."""
+    A bare name (as configs before specs recorded it) becomes ``{"type": name}``. An unregistered name raises
+    ``ValueError`` naming it and how to register one; unknown or missing parameters raise ``TypeError``.
+    """
     if isinstance(objective, str):
-        return objective
-    for name, known in OBJECTIVES.items():
-        if known is objective:
-            return name
-    return f"{objective.__module__}:{objective.__qualname__}"
+        objective = {"type": objective}
+    if not isinstance(objective, Mapping) or "type" not in objective:
+        raise TypeError(
+            f"an objective is a registered name or a spec {{'type': name, ...}}, got {objective!r}; "
+            "register a custom one with flowplug.register(name, function, kind='objective')"
+        )
+    spec = copy.deepcopy(dict(objective))
+    params = {key: value for key, value in spec.items() if key != "type"}
+    check_arguments(get_component(spec["type"], kind=_KIND), params, supplied=2)
+    return spec
+
+
+def get_objective(objective: str | Mapping[str, Any]) -> Objective:
+    """The objective function of a name or spec, its parameters bound (validated by :func:`objective_spec`)."""
+    spec = objective_spec(objective)
+    params = {key: value for key, value in spec.items() if key != "type"}
+    return functools.partial(get_component(spec["type"], kind=_KIND).factory, **params)

@@ -36,7 +36,7 @@ def test_non_finite_input_or_context(where, bad):
 
 
 def test_state_diverging_during_the_solve_is_named():
-    cnf = CNF(_CubicNet(), divergence="exact", train_solver=RK4)
+    cnf = CNF(_CubicNet(), divergence="exact", train_solver=RK4, check_finite=True)
     message = r"non-finite ODE state .* method='rk4', step_size=0.5"
     with pytest.raises(ODESolverError, match=message):
         cnf.inverse(torch.full((2, 2), 10.0))

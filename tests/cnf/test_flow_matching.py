@@ -8,7 +8,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from flowplug.cnf import CNF, MLPODENet
-from flowplug.cnf.flow_matching import flow_matching_loss, straight_path
+from flowplug.cnf.flow_matching import straight_path
 from flowplug.models.mrcnf import MRCNF
 
 MEAN, SPREAD, SIGMA, T = 1.5, 0.5, 0.05, 2.0
@@ -37,7 +37,7 @@ def gradient_statistics(theta, batches=24, batch_size=512):
     for _ in range(batches):
         x = MEAN + SPREAD * torch.randn(batch_size, 2, dtype=torch.float64, generator=generator)
         cnf.zero_grad()
-        flow_matching_loss(cnf, x, sigma=SIGMA, generator=generator).mean().backward()
+        cnf.flow_matching_loss(x, sigma=SIGMA, generator=generator).mean().backward()
         grads.append(cnf.net.theta.grad.clone())
     grads = torch.stack(grads)
     return grads.mean(0), grads.std(0) / math.sqrt(batches)
@@ -85,11 +85,11 @@ def test_flow_matching_loss_decreases_and_the_trained_cnf_keeps_exact_likelihood
     def held_out_loss():  # the same data, times and noise each time
         fixed = torch.Generator().manual_seed(7)
         with torch.no_grad():
-            return flow_matching_loss(cnf, two_moons_like(4096, fixed), generator=fixed).mean().item()
+            return cnf.flow_matching_loss(two_moons_like(4096, fixed), generator=fixed).mean().item()
 
     before = held_out_loss()
     for _ in range(150):
-        loss = flow_matching_loss(cnf, two_moons_like(256, generator), generator=generator).mean()
+        loss = cnf.flow_matching_loss(two_moons_like(256, generator), generator=generator).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -143,4 +143,4 @@ def test_flow_matching_refuses_levels_that_are_not_one_cnf():
         model.flow_matching_loss(torch.rand(2, 1, 4, 4))
     cnf = model.levels[0].flows[0]
     with pytest.raises(ValueError, match=r"sigma must lie in \[0, 1\)"):
-        flow_matching_loss(cnf, torch.rand(2, 3, 2, 2), torch.rand(2, 1, 2, 2), sigma=1.0)
+        cnf.flow_matching_loss(torch.rand(2, 3, 2, 2), torch.rand(2, 1, 2, 2), sigma=1.0)

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from train_helpers import tiny_glow
 
+from flowplug.data import Batch
 from flowplug.train import TrainConfig, Trainer, resolve_device
 
 pytestmark = [
@@ -36,7 +37,7 @@ def test_float32_on_cuda_matches_cpu_loss(tiny_data):
     for device in ("cpu", "cuda"):
         trainer = Trainer(tiny_glow(), TrainConfig(steps=1, precision="float32", **FAST),
                           device=device)
-        losses.append(trainer.train_step(v.to(device), 4)["loss"])
+        losses.append(trainer.train_step(Batch(v.to(device), 4))["loss"])
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
@@ -48,7 +49,7 @@ def _worker(rank, port, out):
                           device="cuda")
         assert dist.get_backend() == "nccl"
         v = torch.rand(16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-        metrics = trainer.train_step(v.chunk(2)[rank].to(trainer.device), 4)
+        metrics = trainer.train_step(Batch(v.chunk(2)[rank].to(trainer.device), 4))
         torch.save(metrics["loss"], out.format(rank))
     finally:
         dist.destroy_process_group()

@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from train_helpers import tiny_glow
 
+from flowplug.data import Batch
 from flowplug.train import TrainConfig, Trainer
 
 CONFIG = {"steps": 1, "precision": "float64", "ema_decay": None, "grad_clip": None,
@@ -20,7 +21,7 @@ def _step(state_path, v):
     model = tiny_glow().double()
     model.load_state_dict(torch.load(state_path, weights_only=True))
     trainer = Trainer(model, TrainConfig(**CONFIG), device="cpu")
-    metrics = trainer.train_step(v, 4)
+    metrics = trainer.train_step(Batch(v, 4))
     return metrics["loss"], torch.cat([p.grad.flatten() for p in model.parameters()])
 
 

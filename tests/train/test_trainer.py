@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from train_helpers import TINY_GLOW, read_metric, tiny_glow
+from train_helpers import TINY_GLOW, ToyModel, read_metric, tiny_glow
 
 import flowplug
-from flowplug.data import ImageData
+from flowplug.data import Batch, ImageData
 from flowplug.models.baselines import RealNVP
 from flowplug.train import CheckpointError, TrainConfig, Trainer, resolve_device
 
@@ -71,12 +71,11 @@ def test_resume_refuses_a_different_model(tiny_data, tmp_path):
         trainer.fit(tiny_data, resume=True)
 
 
-class _Exploding(torch.nn.Module):
+class _Exploding(ToyModel):
     """A 'model' whose log-likelihood is NaN from step ``start`` on."""
 
     def __init__(self, start):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(()))
         self.calls, self.start = 0, start
         self.config = {"type": "exploding"}
 
@@ -96,10 +95,10 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_data):
     assert trainer.skipped_steps == 5 and torch.isfinite(model.weight)
 
 
-class _WithExtraLoss(torch.nn.Module):
+class _WithExtraLoss(ToyModel):
     def __init__(self):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.tensor(1.0))
+        self.weight.data.fill_(1.0)
 
     def log_prob(self, v):
         return torch.zeros(v.shape[0]) * self.weight
@@ -111,7 +110,7 @@ class _WithExtraLoss(torch.nn.Module):
 def test_extra_loss_terms_are_added(tiny_data):
     config = TrainConfig(steps=1, ema_decay=None, grad_clip=None, **FAST)
     trainer = Trainer(_WithExtraLoss(), config, device="cpu")
-    metrics = trainer.train_step(torch.rand(4, 2, 4, 4), 4)
+    metrics = trainer.train_step(Batch(torch.rand(4, 2, 4, 4), 4))
     assert metrics["penalty"] == pytest.approx(2.0) and metrics["loss"] == pytest.approx(2.0)
     assert metrics["grad_norm"] == pytest.approx(4.0)
 
@@ -125,7 +124,7 @@ def test_accumulation_gives_the_same_gradient(tiny_data):
         config = TrainConfig(steps=1, accumulation=accumulation, precision="float64",
                              ema_decay=None, grad_clip=None, **FAST)
         trainer = Trainer(model, config, device="cpu")
-        trainer.train_step(v, 4)
+        trainer.train_step(Batch(v, 4))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 

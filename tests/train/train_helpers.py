@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from flowplug.models.base import FlowModel
 from flowplug.models.baselines import Glow
 
 TINY_GLOW = {"image_shape": [2, 4, 4], "levels": 1, "depth": 2, "hidden_channels": 8}
@@ -24,3 +25,17 @@ def read_metric(folder: Path, name: str, split: str = "train") -> dict[int, floa
         rows = csv.DictReader(file)
         return {int(r["step"]): float(r["value"]) for r in rows
                 if r["metric"] == name and r["split"] == split}
+
+
+class ToyModel(FlowModel):
+    """A one-parameter model of 2x4x4 images for trainer tests; subclasses define ``log_prob``."""
+
+    image_shape = (2, 4, 4)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def sample(self, num_samples=1, temperature=None):
+        v = torch.full((num_samples, *self.image_shape), 0.5) + 0 * self.weight
+        return v, torch.zeros(num_samples)

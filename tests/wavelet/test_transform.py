@@ -1,4 +1,4 @@
-"""The functional Haar transform against an independent 4×4-matrix implementation (DESIGN.md §1)."""
+"""The functional Haar transform against an independent 4×4-matrix implementation (docs/design.md §1)."""
 
 import math
 

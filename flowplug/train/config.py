@@ -1,0 +1,112 @@
+"""The settings of a training run (:class:`TrainConfig`), validated when made, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from flowplug.train.objectives import objective_spec
+
+__all__ = ["PRECISIONS", "SCHEDULES", "TrainConfig", "lr_factor"]
+
+PRECISIONS = ("auto", "float32", "float64", "bf16")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a run. Budgets: training stops at the first of ``steps``, ``epochs``
+    and ``minutes`` that is reached (at least one is needed)."""
+
+    steps: int | None = None
+    epochs: float | None = None
+    minutes: float | None = None
+    batch_size: int = 64
+    """Images per optimiser step over all processes and accumulation micro-batches."""
+    accumulation: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    """``"cosine"`` (decay to 0 over the step/epoch budget after warm-up) or ``"constant"``."""
+    grad_clip: float | None = 50.0
+    ema_decay: float | None = 0.999
+    """Decay of the weights' moving average used for evaluation and samples (ramped up from 0.1
+    over the first updates); ``None`` evaluates the raw weights."""
+    precision: str = "auto"
+    """``"float32"``, ``"float64"``, ``"bf16"`` (autocast, CUDA) or ``"auto"``: bf16 on CUDA for
+    discrete flows, float32 for continuous ones (:attr:`FlowModel.is_continuous`) and on other devices."""
+    objective: str | dict[str, Any] = "likelihood"
+    """A registered objective's name or spec, e.g. ``{"type": "flow_matching", "sigma": 1e-4}``
+    (:mod:`flowplug.train.objectives`); stored as a spec. Evaluation always reports exact-likelihood
+    bits per dimension."""
+    likelihood_after: int | None = None
+    """Switch to likelihood fine-tuning from this step on (e.g. after flow-matching pre-training)."""
+    trainable_levels: list[int] | None = None
+    """Train only these levels of a multi-level model (``set_trainable_levels``); the rest stay frozen."""
+    seed: int = 0
+    hflip: bool = False
+    log_every: int = 10
+    eval_every: int | None = None
+    eval_batch_size: int = 256
+    sample_every: int | None = None
+    num_samples: int = 64
+    temperature: float = 1.0
+    checkpoint_every: int | None = None
+    keep_last: int = 2
+    max_bad_steps: int = 20
+    """Consecutive non-finite steps after which the run stops with an error."""
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "accumulation", "eval_batch_size", "num_samples",
+                     "keep_last", "max_bad_steps", "log_every", "eval_every", "sample_every",
+                     "checkpoint_every", "likelihood_after"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("epochs", "minutes", "lr", "temperature", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.steps is None and self.epochs is None and self.minutes is None:
+            raise ValueError("give a training budget: steps, epochs or minutes")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "cosine" and self.steps is None and self.epochs is None:
+            raise ValueError("schedule='cosine' needs a steps or epochs budget; "
+                             "use schedule='constant' with minutes alone")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps and weight_decay must not be negative")
+        self.objective = objective_spec(self.objective)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from plain data; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown trainer option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def lr_factor(config: TrainConfig, step: int, total_steps: int | None) -> float:
+    """The learning rate's multiplier at ``step``: linear warm-up, then cosine decay to 0 at ``total_steps``
+    (or constant)."""
+    warmup = config.warmup_steps
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "constant" or not total_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
