@@ -1,45 +1,21 @@
-"""Registers normflows' layers so that one spec can mix them with flowplug's components.
+"""normflows' layers, as registry entries, so that one spec can mix them with flowplug's components.
 
-Layers whose constructor takes only plain values are registered as they are. Layers that take a network
+Layers whose constructor takes only plain values are listed as they are. Layers that take a network
 (``AffineCouplingBlock``) get a small factory that builds normflows' own ``ConvNet2d``/``MLP`` from widths.
-Imported by :mod:`flowplug.registry` on first use, never by users.
+This module only lists them (:data:`FLOWS`, :data:`DISTRIBUTIONS`); :mod:`flowplug.registry` registers them on
+first use, so the dependency runs one way.
 """
 
 from __future__ import annotations
 
 import normflows as nf
 
-from flowplug.registry import register
+__all__ = ["DISTRIBUTIONS", "FLOWS", "SOURCE"]
 
-__all__: list[str] = []
-
-_SOURCE = "normflows"
-
-for _name, _factory in {
-    "glow_block": nf.flows.GlowBlock,
-    "act_norm": nf.flows.ActNorm,
-    "affine_const": nf.flows.AffineConstFlow,
-    "invertible_1x1_conv": nf.flows.Invertible1x1Conv,
-    "invertible_affine": nf.flows.InvertibleAffine,
-    "permute": nf.flows.Permute,
-    "lu_linear_permute": nf.flows.LULinearPermute,
-    "squeeze": nf.flows.Squeeze,
-    "split": nf.flows.Split,
-    "merge": nf.flows.Merge,
-    "planar": nf.flows.Planar,
-    "radial": nf.flows.Radial,
-    "masked_affine_autoregressive": nf.flows.MaskedAffineAutoregressive,
-    "coupled_rational_quadratic_spline": nf.flows.CoupledRationalQuadraticSpline,
-    "autoregressive_rational_quadratic_spline": nf.flows.AutoregressiveRationalQuadraticSpline,
-    "logit": nf.transforms.Logit,
-    "shift": nf.transforms.Shift,
-}.items():
-    register(_name, _factory, source=_SOURCE)
-
-register("diag_gaussian", nf.distributions.DiagGaussian, kind="distribution", source=_SOURCE)
+SOURCE = "normflows"
+"""The ``source`` the registry records for these entries."""
 
 
-@register("affine_coupling_block", source=_SOURCE)
 def affine_coupling_block(
     channels: int,
     hidden_channels: int,
@@ -71,3 +47,28 @@ def affine_coupling_block(
         init_zeros=True,
     )
     return nf.flows.AffineCouplingBlock(net, scale=scale, scale_map=scale_map, split_mode=split_mode)
+
+
+FLOWS = {
+    "glow_block": nf.flows.GlowBlock,
+    "act_norm": nf.flows.ActNorm,
+    "affine_const": nf.flows.AffineConstFlow,
+    "invertible_1x1_conv": nf.flows.Invertible1x1Conv,
+    "invertible_affine": nf.flows.InvertibleAffine,
+    "permute": nf.flows.Permute,
+    "lu_linear_permute": nf.flows.LULinearPermute,
+    "squeeze": nf.flows.Squeeze,
+    "split": nf.flows.Split,
+    "merge": nf.flows.Merge,
+    "planar": nf.flows.Planar,
+    "radial": nf.flows.Radial,
+    "masked_affine_autoregressive": nf.flows.MaskedAffineAutoregressive,
+    "coupled_rational_quadratic_spline": nf.flows.CoupledRationalQuadraticSpline,
+    "autoregressive_rational_quadratic_spline": nf.flows.AutoregressiveRationalQuadraticSpline,
+    "logit": nf.transforms.Logit,
+    "shift": nf.transforms.Shift,
+    "affine_coupling_block": affine_coupling_block,
+}
+"""Flow layers by registry name."""
+DISTRIBUTIONS = {"diag_gaussian": nf.distributions.DiagGaussian}
+"""Base distributions by registry name."""

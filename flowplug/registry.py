@@ -105,7 +105,11 @@ def _load_external() -> None:
     if _external_loaded:
         return
     _external_loaded = True
-    from flowplug import _normflows_components  # noqa: F401  (registers on import)
+    from flowplug import _normflows_components as normflows_components  # a table; it imports nothing of ours
+
+    for kind, table in (("flow", normflows_components.FLOWS), ("distribution", normflows_components.DISTRIBUTIONS)):
+        for name, factory in table.items():
+            register(name, factory, kind=kind, source=normflows_components.SOURCE)
 
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name in _registry:

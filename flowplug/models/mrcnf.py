@@ -31,7 +31,7 @@ from torch import nn
 from flowplug._checks import check_floating
 from flowplug.cnf import CNF
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
-from flowplug.conditioning import run_forward, run_inverse
+from flowplug.conditioning import ComposedFlow, run_inverse
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
 from flowplug.registry import build, register
@@ -43,12 +43,13 @@ __all__ = ["MRCNF", "ResolutionLevel", "default_level_spec"]
 LevelFlows = Sequence[Mapping[str, Any] | str | nn.Module]
 
 
-class ResolutionLevel(nn.Module):
+class ResolutionLevel(ComposedFlow):
     """One resolution level: ``flows`` (listed in the sampling direction) over tensors of ``shape``.
 
     ``context_shape`` is the shape of the conditioning coarse image (``None`` for the coarsest level). In the
     density direction the level's tensor first goes through ``preprocess`` (the coarsest level's logit), then
-    ``standardize`` (per-channel statistics from data), then the flows (last listed first).
+    ``standardize`` (per-channel statistics from data), then the flows (last listed first): the level's
+    :meth:`chain` is ``[*flows, standardize, preprocess]``.
     """
 
     def __init__(
@@ -59,8 +60,7 @@ class ResolutionLevel(nn.Module):
         preprocess: nn.Module | None = None,
         standardize: Standardize | None = None,
     ) -> None:
-        super().__init__()
-        self.flows = nn.ModuleList(flows)
+        super().__init__(flows)
         self.shape = tuple(shape)
         self.context_shape = None if context_shape is None else tuple(context_shape)
         self.preprocess = preprocess
@@ -71,7 +71,7 @@ class ResolutionLevel(nn.Module):
         # sampling order: standardisation is undone before the preprocessing
         return [m for m in (self.standardize, self.preprocess) if m is not None]
 
-    def _all_flows(self) -> list[nn.Module]:
+    def chain(self) -> list[nn.Module]:
         return [*self.flows, *self._preparation()]
 
     @torch.no_grad()
@@ -99,13 +99,13 @@ class ResolutionLevel(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: the level's tensor → its latent, with the log-determinant of that map."""
-        return run_inverse(self._all_flows(), x, context)
+        return self.inverse(x, context)
 
     def forward_and_log_det(
         self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: latent → the level's tensor, with the log-determinant of that map."""
-        return run_forward(self._all_flows(), z, context)
+        return self.forward(z, context)
 
     def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(x | context)`` per sample."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from flowplug.conditioning import ComposedFlow
 from flowplug.testing.assertions import (
     assert_batch_independent,
     assert_invertible,
@@ -18,7 +19,7 @@ from flowplug.testing.assertions import (
     assert_sample_log_prob_consistent,
     default_tolerances,
 )
-from flowplug.testing.modules import ComposedFlow, perturb_parameters
+from flowplug.testing.modules import perturb_parameters
 
 _LAZY = {
     "available_devices": "strategies",

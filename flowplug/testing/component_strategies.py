@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowplug.conditioning import ComposedFlow
 from flowplug.registry import build, components
-from flowplug.testing.modules import ComposedFlow, perturb_parameters
+from flowplug.testing.modules import perturb_parameters
 from flowplug.testing.strategies import SearchStrategy, Shape, sizes, st
 
 __all__ = [
