@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from flowplug.data import DATASET_NAMES, ImageData, load_dataset
-from flowplug.registry import build, components, get_component
+from flowplug.registry import KINDS, build, components, get_component
 from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, load_checkpoint, objectives
 from flowplug.train.config import PRECISIONS
 from flowplug.train.feedback import save_image_grid
@@ -189,7 +189,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from flowplug.train import resolve_device
 
-    for kind in ("model", "flow", "distribution", "net"):
+    for kind in KINDS:
         names = components(kind)
         print(f"{kind}s ({len(names)}):")
         for name in names:

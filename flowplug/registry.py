@@ -160,9 +160,9 @@ def get_component(name: str, kind: str | None = None) -> ComponentInfo:
         return info
     candidates = components(kind)
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
     known = f"registered {what}s: {', '.join(candidates)}" if kind else "flowplug.components() lists all"
-    raise ValueError(f"unknown {what} {name!r}; {hint}({known}; {REGISTER_HINT})") from None
+    raise ValueError(f"unknown {what} {name!r}{hint} ({known}; {REGISTER_HINT})") from None
 
 
 def _factory_signature(info: ComponentInfo) -> inspect.Signature | None:
