@@ -153,9 +153,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> tuple[Trainer, dict[str, Any]]:
     state = load_checkpoint(args.checkpoint)
-    model = build_model(state)
-    options = {**state["trainer_config"], "progress": False}
-    trainer = Trainer(model, TrainConfig.from_dict(options), device=args.device)
+    config = TrainConfig.from_dict({**state["trainer_config"], "progress": False})  # names checked first
+    trainer = Trainer(build_model(state), config, device=args.device)
     trainer.load_state_dict(state, state["data"])
     return trainer, state
 

@@ -16,12 +16,15 @@ name and whose object is the factory.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
+
+from torch import nn
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -215,7 +218,11 @@ def _is_spec(value: Any) -> bool:
 
 
 def build(spec: str | Mapping[str, Any] | Sequence[Any]) -> Any:
-    """Build a module (or a list of modules) from a spec; see the module docstring for the format."""
+    """Build a module (or a list of modules) from a spec; see the module docstring for the format.
+
+    A built module whose ``config`` is unset records the spec there (``{"type": name, ...}``), so that it can be
+    rebuilt and checkpointed like flowplug's models.
+    """
     if isinstance(spec, str):
         return build({"type": spec})
     if isinstance(spec, Mapping):
@@ -228,7 +235,10 @@ def build(spec: str | Mapping[str, Any] | Sequence[Any]) -> Any:
             if key != "type"
         }
         check_arguments(info, kwargs)
-        return info.factory(**kwargs)
+        built = info.factory(**kwargs)
+        if isinstance(built, nn.Module) and getattr(built, "config", None) is None:
+            built.config = copy.deepcopy(dict(spec))  # the module remembers the spec that rebuilds it
+        return built
     if isinstance(spec, Sequence):
         return [build(item) for item in spec]
     raise TypeError(

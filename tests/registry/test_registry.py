@@ -131,3 +131,12 @@ def test_entry_point_components_are_loaded_lazily(monkeypatch, scratch_registry)
     assert "third_party_squeeze" in flowplug.components()
     assert flowplug.get_component("third_party_squeeze").source.startswith("entry point flowplug.wavelet:HaarSqueeze")
     assert isinstance(flowplug.build("third_party_squeeze"), flowplug.HaarSqueeze)
+
+
+def test_build_records_the_spec_on_the_module():
+    spec = {"type": "glow_block", "channels": 2, "hidden_channels": 4, "split_mode": "checkerboard"}
+    block = flowplug.build(spec)
+    assert block.config == spec and block.config is not spec
+    assert flowplug.build("haar_squeeze").config == {"type": "haar_squeeze"}
+    model = flowplug.build({"type": "glow", "image_shape": [1, 8, 8], "levels": 1, "depth": 1})
+    assert model.config["type"] == "glow" and model.config["hidden_channels"] == 64  # the model's own record
