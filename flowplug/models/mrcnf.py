@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from flowplug._checks import check_floating
-from flowplug.cnf import CNF
+from flowplug.cnf import CNF, ConvODENet
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
 from flowplug.conditioning import ComposedFlow, run_inverse
 from flowplug.distributions import StandardNormal
@@ -38,7 +38,7 @@ from flowplug.registry import build, register
 from flowplug.standardize import Standardize
 from flowplug.wavelet import haar_cascade, haar_pyramid, haar_reconstruct
 
-__all__ = ["MRCNF", "ResolutionLevel", "default_level_spec"]
+__all__ = ["CNF_OPTIONS", "LEVEL_OPTIONS", "MRCNF", "NET_OPTIONS", "ResolutionLevel", "default_level_spec"]
 
 LevelFlows = Sequence[Mapping[str, Any] | str | nn.Module]
 
@@ -121,52 +121,39 @@ class ResolutionLevel(ComposedFlow):
         return x, log_q - log_det
 
 
+def _keyword_options(factory: Any, taken: tuple[str, ...]) -> tuple[str, ...]:
+    """The keyword parameters of ``factory`` other than ``taken`` (the ones the level fills in itself)."""
+    return tuple(
+        name for name, parameter in inspect.signature(factory).parameters.items()
+        if parameter.default is not inspect.Parameter.empty and name not in taken
+    )
+
+
+NET_OPTIONS = _keyword_options(ConvODENet, ("channels", "context_channels"))
+"""Level options passed to each level's :class:`~flowplug.cnf.ConvODENet` (its defaults apply)."""
+CNF_OPTIONS = _keyword_options(CNF, ("net",))
+"""Level options passed to each level's :class:`~flowplug.CNF` (its defaults apply, except the solvers)."""
+LEVEL_OPTIONS = ("cnfs_per_level", *NET_OPTIONS, *CNF_OPTIONS)
+
+
 def default_level_spec(
-    channels: int,
-    context_channels: int,
-    *,
-    hidden_channels: int = 64,
-    num_layers: int = 3,
-    cnfs_per_level: int = 1,
-    activation: str = "softplus",
-    T: float = 1.0,
-    divergence: str = "hutchinson",
-    probe: str = "rademacher",
-    train_solver: Mapping[str, Any] | None = None,
-    eval_solver: Mapping[str, Any] | None = None,
-    adjoint: bool = False,
-    kinetic_energy: float = 0.0,
-    jacobian_norm: float = 0.0,
-    channels_last: bool = False,
+    channels: int, context_channels: int, *, cnfs_per_level: int = 1, **options: Any
 ) -> list[dict[str, Any]]:
     """The paper-like default of one level: ``cnfs_per_level`` conditional CNFs with conv ODE nets.
 
-    Each net has ``num_layers`` 3×3 convolutions of ``hidden_channels`` with softplus, sees the coarse image
-    (``context_channels``) concatenated at its input, and starts at zero (identity flow).
+    Each net sees the coarse image (``context_channels``) concatenated at its input and starts at zero (identity
+    flow). ``options`` go to the nets (:data:`NET_OPTIONS`) or the CNFs (:data:`CNF_OPTIONS`); what is not given
+    takes those classes' own defaults, except the solvers, which default to the presets
+    :data:`~flowplug.cnf.solver.DEFAULT_TRAIN_SOLVER` and :data:`~flowplug.cnf.solver.DEFAULT_EVAL_SOLVER`.
     """
-    net = {
-        "type": "conv_odenet",
-        "channels": channels,
-        "hidden_channels": hidden_channels,
-        "num_layers": num_layers,
-        "context_channels": context_channels,
-        "activation": activation,
-        "channels_last": channels_last,
-    }
-    cnf: dict[str, Any] = {
-        "type": "cnf",
-        "net": net,
-        "T": T,
-        "divergence": divergence,
-        "probe": probe,
-        "train_solver": dict(train_solver or DEFAULT_TRAIN_SOLVER.to_dict()),
-        "eval_solver": dict(eval_solver or DEFAULT_EVAL_SOLVER.to_dict()),
-        "adjoint": adjoint,
-        "kinetic_energy": kinetic_energy,
-        "jacobian_norm": jacobian_norm,
-    }
+    _check_level_options(options)
+    net = {"type": "conv_odenet", "channels": channels, "context_channels": context_channels,
+           **{k: v for k, v in options.items() if k in NET_OPTIONS}}
+    cnf: dict[str, Any] = {"type": "cnf", "net": net, **{k: v for k, v in options.items() if k in CNF_OPTIONS}}
+    for key, preset in (("train_solver", DEFAULT_TRAIN_SOLVER), ("eval_solver", DEFAULT_EVAL_SOLVER)):
+        if cnf.get(key) is None:
+            cnf[key] = preset.to_dict()
     return [copy.deepcopy(cnf) for _ in range(cnfs_per_level)]
-
 
 
 def _is_plain_spec(level: LevelFlows) -> bool:
@@ -184,11 +171,10 @@ class MRCNF(FlowModel):
             ``S-1`` = coarsest image), each listed in the sampling direction. Items are registry specs (the model
             then stays rebuildable from :attr:`config`) or modules. ``None`` entries (or ``level_flows=None``) take
             :func:`default_level_spec` with the options below.
-        **level_options: options of the default CNF levels, the keyword arguments of
-            :func:`default_level_spec` (``hidden_channels=64``, ``num_layers=3``, ``cnfs_per_level=1``,
-            ``activation="softplus"``, ``T=1.0``, ``divergence="hutchinson"``, ``probe="rademacher"``,
-            ``train_solver``, ``eval_solver``, ``adjoint=False``, ``kinetic_energy=0.0``, ``jacobian_norm=0.0``,
-            ``channels_last=False``).
+        **level_options: options of the default CNF levels (:data:`LEVEL_OPTIONS`): ``cnfs_per_level=1``,
+            the nets' options (``hidden_channels``, ``num_layers``, ``activation``, ...) and the CNFs' (``T``,
+            ``divergence``, ``probe``, ``train_solver``, ``eval_solver``, ``adjoint``, ``kinetic_energy``,
+            ``jacobian_norm``, ...), with those classes' defaults; see :func:`default_level_spec`.
         logit_alpha: the coarsest level's logit squeezes ``[0, 1]`` into ``[α, 1 − α]`` first.
         standardize: give every level a per-channel :class:`~flowplug.standardize.Standardize` (after the
             logit at the coarsest level), initialised by :meth:`initialize_from_data` or from the first
@@ -427,15 +413,11 @@ class MRCNF(FlowModel):
 
 def _check_level_options(options: Mapping[str, Any]) -> None:
     """Unknown level options raise ``TypeError`` naming the key and the closest option."""
-    known = [
-        name for name, parameter in inspect.signature(default_level_spec).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
     for key in options:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+        if key not in LEVEL_OPTIONS:
+            close = difflib.get_close_matches(key, LEVEL_OPTIONS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"MRCNF has no option {key!r}{hint} (level options: {', '.join(known)})")
+            raise TypeError(f"MRCNF has no option {key!r}{hint} (level options: {', '.join(LEVEL_OPTIONS)})")
 
 
 def _check_logit_domain(coarsest: torch.Tensor) -> None:
