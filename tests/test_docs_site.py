@@ -51,27 +51,55 @@ def test_site_builds_in_strict_mode(tmp_path):
     assert ":class:" not in models and ":meth:" not in models  # Sphinx roles became links or code
     train = (site / "api" / "train" / "index.html").read_text(encoding="utf-8")
     assert 'id="flowplug.train.Trainer"' in train and 'id="flowplug.train.TrainConfig"' in train
+    # flowplug.testing's __all__ is computed at run time: documented module by module instead
+    testing = (site / "api" / "testing" / "index.html").read_text(encoding="utf-8")
+    assert 'id="flowplug.testing.assertions.assert_invertible"' in testing
     # benchmarks.md's figures live in benchmarks/results/, outside docs/: copied into the site
     assert (site / "repo" / "benchmarks" / "results" / "cifar10-cpu" / "bpd_vs_time.png").is_file()
 
 
-def test_strict_build_fails_on_broken_references(tmp_path):
+def _project_copy(tmp_path: Path) -> Path:
+    """mkdocs.yml, docs/ and flowplug/ copied (benchmarks/ linked) so that a test can change them."""
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
     shutil.copytree(ROOT / "docs", project / "docs")
-    for name in ("flowplug", "benchmarks"):
-        (project / name).symlink_to(ROOT / name, target_is_directory=True)
+    shutil.copytree(ROOT / "flowplug", project / "flowplug", ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
+    return project
+
+
+def test_a_new_module_gets_its_api_page(tmp_path):
+    project = _project_copy(tmp_path)
+    (project / "flowplug" / "extra.py").write_text(
+        '"""An extra module, documented with no list to edit."""\n\n'
+        'def helper(x: int) -> int:\n    """Twice :func:`flowplug.haar_decompose`\'s ``x``."""\n    return 2 * x\n',
+        encoding="utf-8",
+    )
+    result = _build(project, tmp_path / "site")
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "site" / "api" / "extra" / "index.html").read_text(encoding="utf-8")
+    assert 'id="flowplug.extra.helper"' in page
+    assert 'href="../wavelet/#flowplug.wavelet.haar_decompose"' in page
+    assert "flowplug.extra" in (tmp_path / "site" / "index.html").read_text(encoding="utf-8")  # in the nav
+
+
+def test_strict_build_fails_on_broken_references(tmp_path):
+    project = _project_copy(tmp_path)
     (project / "docs" / "quickstart.md").write_text(
         "# Quick start\n\nSee [`Nothing`][flowplug.models.mrcnf.NoSuchThing], [a page](no_such_page.md) and "
         "![a figure](../benchmarks/results/no_such_run/plot.png).\n",
         encoding="utf-8",
+    )
+    (project / "flowplug" / "extra.py").write_text(
+        '"""Names :class:`NoSuchClass`, which does not exist."""\n', encoding="utf-8"
     )
     result = _build(project, tmp_path / "site")
     assert result.returncode != 0
     assert "flowplug.models.mrcnf.NoSuchThing" in result.stderr
     assert "no_such_page.md" in result.stderr
     assert "no_such_run/plot.png" in result.stderr
+    assert "broken reference :class:`NoSuchClass`" in result.stderr
 
 
 def test_docstring_roles_become_links_code_or_warnings(tmp_path, caplog):

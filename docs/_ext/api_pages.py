@@ -4,8 +4,9 @@ One API reference page per public module or subpackage of flowplug, found on dis
 
 A new public module (``flowplug/foo.py``) or subpackage (``flowplug/foo/__init__.py``) gets its page and its nav
 entry without editing anything here or in ``mkdocs.yml``; names starting with ``_`` are private and skipped.
-A subpackage that declares ``__all__`` is documented through its exports (so modules may move inside it
-without changing the page); one without ``__all__`` is documented module by module. The ``flowplug`` page
+A subpackage whose ``__all__`` griffe can read is documented through its exports (so modules may move inside
+it without changing the page); one without (or with an ``__all__`` computed at run time) is documented module
+by module. The ``flowplug`` page
 lists the top-level exports, each linked to where it is documented.
 
 The pages in ``docs/`` link to repository files outside it as GitHub shows them (``../benchmarks/results/x.png``).
@@ -23,7 +24,6 @@ from mkdocs.structure.files import File
 
 PACKAGE = "flowplug"
 API_DIR = "api"
-_HAS_ALL = re.compile(r"^__all__\s*[:=]", re.MULTILINE)
 _REPO_DIR = "repo"
 _LINK = re.compile(r"(\]\()([^)\s#]+)")
 _ROLE = re.compile(r":\w+:`(~?)([\w.]+)(?:\(\))?`")
@@ -51,18 +51,20 @@ def _outside_target(config, src_uri: str, link: str) -> str | None:
     return repo_path
 
 
-def _public_units(package_dir: Path) -> list[tuple[str, bool]]:
-    """``(name, declares __all__)`` for each public top-level module and subpackage, sorted by name."""
-    units = []
-    for path in sorted(package_dir.iterdir()):
-        name = path.stem
-        if name.startswith("_"):
-            continue
-        if path.is_dir() and (path / "__init__.py").is_file():
-            units.append((name, bool(_HAS_ALL.search((path / "__init__.py").read_text(encoding="utf-8")))))
-        elif path.suffix == ".py":
-            units.append((name, True))
-    return units
+def _public_units(package_dir: Path) -> list[str]:
+    """The public top-level modules and subpackages, sorted by name."""
+    return sorted(
+        path.stem
+        for path in package_dir.iterdir()
+        if not path.name.startswith("_")
+        and (path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").is_file()))
+    )
+
+
+def _load(package_dir: Path):
+    import griffe
+
+    return griffe.load(PACKAGE, search_paths=[str(package_dir.parent)], resolve_aliases=True)
 
 
 def _role_as_code(match: re.Match[str]) -> str:
@@ -70,15 +72,16 @@ def _role_as_code(match: re.Match[str]) -> str:
     return f"`{target.rsplit('.', 1)[-1] if short else target}`"
 
 
-def _unit_page(name: str, has_all: bool) -> str:
-    options = "" if has_all else "\n    options:\n      show_submodules: true"
+def _unit_page(package, name: str) -> str:
+    unit = package[name]
+    by_exports = not unit.is_init_module or bool(unit.exports)
+    options = "" if by_exports else "\n    options:\n      show_submodules: true"
     return f"# `{PACKAGE}.{name}`\n\n::: {PACKAGE}.{name}{options}\n"
 
 
-def _index_page(package_dir: Path) -> str:
+def _index_page(package) -> str:
     import griffe
 
-    package = griffe.load(PACKAGE, search_paths=[str(package_dir.parent)], resolve_aliases=True)
     rows = []
     for name in package.exports or []:
         member = package[name]
@@ -103,7 +106,7 @@ def _index_page(package_dir: Path) -> str:
 def on_config(config):
     units = _public_units(_package_dir(config))
     api = [{f"{PACKAGE}": f"{API_DIR}/index.md"}]
-    api += [{f"{PACKAGE}.{name}": f"{API_DIR}/{name}.md"} for name, _ in units]
+    api += [{f"{PACKAGE}.{name}": f"{API_DIR}/{name}.md"} for name in units]
     nav = config.nav or []
     for entry in nav:
         if isinstance(entry, dict) and "API reference" in entry:
@@ -124,10 +127,10 @@ def on_files(files, config):
                 files.append(
                     File.generated(config, f"{_REPO_DIR}/{target}", abs_src_path=str(_repo_root(config) / target))
                 )
-    package_dir = _package_dir(config)
-    files.append(File.generated(config, f"{API_DIR}/index.md", content=_index_page(package_dir)))
-    for name, has_all in _public_units(package_dir):
-        files.append(File.generated(config, f"{API_DIR}/{name}.md", content=_unit_page(name, has_all)))
+    package = _load(_package_dir(config))
+    files.append(File.generated(config, f"{API_DIR}/index.md", content=_index_page(package)))
+    for name in _public_units(_package_dir(config)):
+        files.append(File.generated(config, f"{API_DIR}/{name}.md", content=_unit_page(package, name)))
     return files
 
 
