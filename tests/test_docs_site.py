@@ -111,13 +111,18 @@ def test_docstring_roles_become_links_code_or_warnings(tmp_path, caplog):
     )
     (package / "core.py").write_text(
         '"""Core: :class:`Thing`, :func:`~demo.core.helper`, :func:`_private`, :meth:`Thing.go`,\n'
-        ':class:`Missing`, :func:`os.path.join`, :mod:`demo`."""\n'
+        ':class:`Missing`, :func:`os.path.join`, :mod:`demo`, :class:`Lazy`, :meth:`run`."""\n'
         "import os\n\n"
         'class Base:\n    def inherited(self):\n        """Base."""\n\n'
         'class Thing(Base):\n    """Uses :meth:`inherited` and :meth:`go`."""\n\n'
         '    def go(self):\n        """Go."""\n\n'
         'def helper():\n    """Help."""\n\n'
         'def _private():\n    """Private."""\n',
+        encoding="utf-8",
+    )
+    # a name exported lazily (module __getattr__) is bound in no scope: found by a search of the package
+    (package / "lazy.py").write_text(
+        'class Lazy:\n    def run(self):\n        """Run."""\n\nclass Other:\n    def run(self):\n        """Run."""\n',
         encoding="utf-8",
     )
     extension = griffe.load_extensions(str(ROOT / "docs" / "_ext" / "rst_roles.py") + ":RstRoles")
@@ -128,6 +133,8 @@ def test_docstring_roles_become_links_code_or_warnings(tmp_path, caplog):
     assert '<autoref identifier="demo.core.helper" optional><code>helper()</code></autoref>' in core
     assert '<autoref identifier="demo.core.Thing.go" optional><code>Thing.go()</code></autoref>' in core
     assert '<autoref identifier="demo" optional><code>demo</code></autoref>' in core
+    assert '<autoref identifier="demo.lazy.Lazy" optional><code>Lazy</code></autoref>' in core
+    assert "`run()`" in core  # Lazy.run and Other.run: ambiguous, plain code
     assert "`_private()`" in core and "`Missing`" in core
     assert ":class:" not in core and ":func:" not in core
     thing = demo["core.Thing"].docstring.value

@@ -11,7 +11,7 @@ lists the top-level exports, each linked to where it is documented.
 
 The pages in ``docs/`` link to repository files outside it as GitHub shows them (``../benchmarks/results/x.png``).
 Each such file that exists is copied into the site under ``repo/`` and the link pointed there; a link to a
-missing file is left alone, so ``mkdocs build --strict`` reports it.
+missing file, or to a Markdown file outside ``docs/``, is left alone, so ``mkdocs build --strict`` reports it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def _outside_target(config, src_uri: str, link: str) -> str | None:
     if not path.startswith("../"):
         return None
     repo_path = posixpath.normpath(posixpath.join(docs_rel, path))
-    if repo_path.startswith("../") or not (_repo_root(config) / repo_path).is_file():
+    # a Markdown file outside docs/ would become a page whose own links break: such links are reported instead
+    if repo_path.startswith("../") or repo_path.endswith(".md") or not (_repo_root(config) / repo_path).is_file():
         return None
     return repo_path
 
@@ -79,13 +80,27 @@ def _unit_page(package, name: str) -> str:
     return f"# `{PACKAGE}.{name}`\n\n::: {PACKAGE}.{name}{options}\n"
 
 
+def _exported(package, name: str):
+    """The object that ``package.name`` is: a member, or (for a lazy ``__getattr__`` export) the member of that
+    name of one of the public subpackages."""
+    if name in package.members:
+        return package.members[name]
+    for unit in package.modules.values():
+        if not unit.name.startswith("_") and name in unit.members:
+            return unit.members[name]
+    return None
+
+
 def _index_page(package) -> str:
     import griffe
 
     rows = []
     for name in package.exports or []:
-        member = package[name]
         if name.startswith("__"):
+            continue
+        member = _exported(package, name)
+        if member is None:
+            rows.append(f"| `{name}` | |")
             continue
         try:
             target = member.final_target if member.is_alias else member

@@ -8,6 +8,8 @@ docstring holds it, and rewritten:
   object has a page, plain code where it is documented nowhere (a public helper left out of ``__all__``);
 - a name that resolves to a private object (a ``_``-prefixed part) or to another package's object becomes
   plain code;
+- a name the scope does not bind (a lazy export through a module ``__getattr__``) is looked up across the
+  package: one match is linked as above, several make plain code;
 - a name that does not resolve at all is a broken reference: it is logged as a warning, so
   ``mkdocs build --strict`` fails.
 """
@@ -47,6 +49,7 @@ def _lookup(root: griffe.Module, path: str) -> str | None:
 
 
 _EXTERNAL = "external"
+_AMBIGUOUS = "ambiguous"
 
 
 def _scope_lookup(obj: griffe.Object, root: griffe.Module, name: str) -> str | None:
@@ -70,13 +73,22 @@ def _resolve(obj: griffe.Object, root: griffe.Module, name: str) -> str | None:
     head, _, tail = name.partition(".")
     base = _scope_lookup(obj, root, head)
     if base is None:
-        return None
+        return _search(root, name)
     if base != root.name and not base.startswith(root.name + "."):
         return _EXTERNAL
     path = _lookup(root, base)
     if path is None:
         return None
     return _lookup(root, f"{path}.{tail}") if tail else path
+
+
+def _search(root: griffe.Module, name: str) -> str | None:
+    """Fallback for names that the scope does not bind (a package's lazy ``__getattr__`` exports): the one
+    flowplug object whose path ends with ``name``; ``_AMBIGUOUS`` when several do, ``None`` when none does."""
+    found = {o.path for o in _walk(root) if o.path.endswith("." + name)}
+    if len(found) > 1:
+        return _AMBIGUOUS
+    return found.pop() if found else None
 
 
 class RstRoles(griffe.Extension):
@@ -100,6 +112,7 @@ class RstRoles(griffe.Extension):
                 f"of {obj.path}: no such object"
             )
             return f"`{shown}`"
-        if path == _EXTERNAL or any(part.startswith("_") and not part.startswith("__") for part in path.split(".")):
+        private = any(part.startswith("_") and not part.startswith("__") for part in path.split("."))
+        if path in (_EXTERNAL, _AMBIGUOUS) or private:
             return f"`{shown}`"
         return f'<autoref identifier="{html.escape(path)}" optional><code>{html.escape(shown)}</code></autoref>'
