@@ -76,7 +76,7 @@ def _role_as_code(match: re.Match[str]) -> str:
 def _unit_page(package, name: str) -> str:
     unit = package[name]
     by_exports = not unit.is_init_module or bool(unit.exports)
-    options = "" if by_exports else "\n    options:\n      show_submodules: true"
+    options = "\n    options:\n      show_root_heading: false" + ("" if by_exports else "\n      show_submodules: true")
     return f"# `{PACKAGE}.{name}`\n\n::: {PACKAGE}.{name}{options}\n"
 
 
