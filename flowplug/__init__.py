@@ -1,28 +1,44 @@
 """flowplug: multi-resolution continuous normalizing flows as normflows components.
 
-The training API (:class:`Trainer`, :class:`TrainConfig`, checkpoints) loads on first use, so that importing
-flowplug for its components does not import the trainer's dependencies.
+Every public name loads on first use (``flowplug.MRCNF`` imports the models, ``flowplug.Trainer`` the trainer), so
+``import flowplug`` itself imports neither torch nor the trainer: the ``flowplug`` command can choose the OpenMP
+thread policy before torch loads (:mod:`flowplug.threads`). Built-in components register with
+:mod:`flowplug.registry` when the registry is first consulted.
 """
 
+import importlib
 from typing import Any
 
-from flowplug.cnf import CNF, ConvODENet, MLPODENet, SolverSettings
-from flowplug.data import ImageData, load_dataset
-from flowplug.distributions import StandardNormal
-from flowplug.models.base import FlowModel
-from flowplug.models.baselines import Glow, RealNVP
-from flowplug.models.mrcnf import MRCNF
-from flowplug.registry import build, components, get_component, register
-from flowplug.standardize import Standardize
-from flowplug.wavelet import (
-    HaarMerge,
-    HaarSplit,
-    HaarSqueeze,
-    haar_decompose,
-    haar_pyramid,
-    haar_pyramid_reconstruct,
-    haar_reconstruct,
-)
+_EXPORTS: dict[str, str] = {
+    "CNF": "flowplug.cnf",
+    "ConvODENet": "flowplug.cnf",
+    "MLPODENet": "flowplug.cnf",
+    "SolverSettings": "flowplug.cnf",
+    "ImageData": "flowplug.data",
+    "load_dataset": "flowplug.data",
+    "StandardNormal": "flowplug.distributions",
+    "FlowModel": "flowplug.models.base",
+    "Glow": "flowplug.models.baselines",
+    "RealNVP": "flowplug.models.baselines",
+    "MRCNF": "flowplug.models.mrcnf",
+    "build": "flowplug.registry",
+    "components": "flowplug.registry",
+    "get_component": "flowplug.registry",
+    "register": "flowplug.registry",
+    "Standardize": "flowplug.standardize",
+    "CheckpointError": "flowplug.train",
+    "TrainConfig": "flowplug.train",
+    "Trainer": "flowplug.train",
+    "load_checkpoint": "flowplug.train",
+    "HaarMerge": "flowplug.wavelet",
+    "HaarSplit": "flowplug.wavelet",
+    "HaarSqueeze": "flowplug.wavelet",
+    "haar_decompose": "flowplug.wavelet",
+    "haar_pyramid": "flowplug.wavelet",
+    "haar_pyramid_reconstruct": "flowplug.wavelet",
+    "haar_reconstruct": "flowplug.wavelet",
+}
+"""Where each public name lives; it is imported on first access."""
 
 __version__ = "0.1.0.dev0"
 
@@ -57,12 +73,17 @@ __all__ = [
     "register",
 ]
 
-_TRAINING = frozenset({"CheckpointError", "TrainConfig", "Trainer", "load_checkpoint"})
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TRAINING:
-        import flowplug.train
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'flowplug' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return getattr(flowplug.train, name)
-    raise AttributeError(f"module 'flowplug' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

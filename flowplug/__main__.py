@@ -2,6 +2,6 @@
 
 import sys
 
-from flowplug.cli import main
+from flowplug.console import main
 
 sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import types
@@ -21,6 +22,7 @@ import torch
 
 from flowplug.data import DATASET_NAMES, ImageData, load_dataset
 from flowplug.registry import KINDS, build, components, get_component
+from flowplug.threads import THREADS_ENV, WAIT_POLICY_ENV, set_threads
 from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, load_checkpoint, objectives
 from flowplug.train.config import PRECISIONS
 from flowplug.train.feedback import save_image_grid
@@ -199,7 +201,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"devices: cpu; cuda: {', '.join(cuda) if cuda else 'none'}; "
           f"mps: {'yes' if torch.backends.mps.is_available() else 'no'}; "
           f"auto picks {resolve_device('auto')}")
-    print(f"torch {torch.__version__}")
+    print(f"torch {torch.__version__}; CPU threads: {torch.get_num_threads()} "
+          f"(OpenMP wait policy: {os.environ.get(WAIT_POLICY_ENV, 'library default')})")
     return 0
 
 
@@ -242,7 +245,10 @@ def _parser() -> argparse.ArgumentParser:
                                       "--holdout and --seed); all; test: torchvision's test set")
             command.add_argument("--holdout", type=float, default=0.1)
 
-    commands.add_parser("info", help="registered components and devices").set_defaults(run=_info)
+    for command in commands.choices.values():
+        command.add_argument("--threads", type=int, metavar="N",
+                             help=f"CPU threads for torch (default: ${THREADS_ENV}, else one per core)")
+    commands.add_parser("info", help="registered components and devices").set_defaults(run=_info, threads=None)
     return parser
 
 
@@ -250,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 for a reported error)."""
     args = _parser().parse_args(argv)
     try:
+        set_threads(args.threads)
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError, CheckpointError) as error:
         print(f"flowplug: error: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -102,12 +103,26 @@ def register(
     return decorator if factory is None else decorator(factory)
 
 
+_BUILTIN_MODULES = (
+    "flowplug.wavelet",
+    "flowplug.standardize",
+    "flowplug.distributions",
+    "flowplug.cnf",
+    "flowplug.models.baselines",
+    "flowplug.models.mrcnf",
+    "flowplug.train.objectives",
+)
+"""flowplug's own modules that register components when imported."""
+
+
 def _load_external() -> None:
-    """Register normflows' layers and entry-point components, once."""
+    """Register flowplug's built-in components, normflows' layers and entry-point components, once."""
     global _external_loaded
     if _external_loaded:
         return
     _external_loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
     from flowplug import _normflows_components as normflows_components  # a table; it imports nothing of ours
 
     for kind, table in (("flow", normflows_components.FLOWS), ("distribution", normflows_components.DISTRIBUTIONS)):

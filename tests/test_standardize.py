@@ -9,7 +9,8 @@ from flowplug.standardize import Standardize
 
 def test_initialize_from_data_gives_zero_mean_unit_std():
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(500, 3, 4, 4, dtype=torch.float64, generator=generator) * torch.tensor([0.1, 2.0, 5.0]).view(1, 3, 1, 1) + 7.0
+    scale = torch.tensor([0.1, 2.0, 5.0], dtype=torch.float64).view(1, 3, 1, 1)
+    x = torch.randn(500, 3, 4, 4, dtype=torch.float64, generator=generator) * scale + 7.0
     layer = Standardize(3).double()
     layer.initialize(x)
     z, _ = layer.inverse(x)

@@ -16,6 +16,7 @@ missing file, or to a Markdown file outside ``docs/``, is left alone, so ``mkdoc
 
 from __future__ import annotations
 
+import ast
 import posixpath
 import re
 from pathlib import Path
@@ -81,10 +82,15 @@ def _unit_page(package, name: str) -> str:
 
 
 def _exported(package, name: str):
-    """The object that ``package.name`` is: a member, or (for a lazy ``__getattr__`` export) the member of that
-    name of one of the public subpackages."""
+    """The object that ``package.name`` is: a member, or a lazy ``__getattr__`` export, found through the
+    package's ``_EXPORTS`` table or as the member of that name of one of the public subpackages."""
     if name in package.members:
         return package.members[name]
+    table = package.members.get("_EXPORTS")  # flowplug/__init__.py: public name -> module it loads from
+    if table is not None and getattr(table, "value", None) is not None:
+        module = ast.literal_eval(str(table.value)).get(name)
+        if module is not None:
+            return package.modules_collection[module][name]
     for unit in package.modules.values():
         if not unit.name.startswith("_") and name in unit.members:
             return unit.members[name]

@@ -16,6 +16,7 @@ docstring holds it, and rewritten:
 
 from __future__ import annotations
 
+import ast
 import html
 import re
 from typing import Any
@@ -65,11 +66,25 @@ def _scope_lookup(obj: griffe.Object, root: griffe.Module, name: str) -> str | N
     return root.path if name == root.name else None
 
 
+def _lazy_exports(root: griffe.Module) -> dict[str, str]:
+    """The package's ``_EXPORTS`` table (public name → the module it is imported from on first access)."""
+    table = root.members.get("_EXPORTS")
+    if table is None or getattr(table, "value", None) is None:
+        return {}
+    return ast.literal_eval(str(table.value))
+
+
 def _resolve(obj: griffe.Object, root: griffe.Module, name: str) -> str | None:
     """Resolve ``name`` (maybe dotted) in the scope of ``obj``, as the docstring's reader would: the canonical
     path of a flowplug object, ``_EXTERNAL`` for another package's object, ``None`` when nothing matches."""
     if name == root.name or name.startswith(root.name + "."):
-        return _lookup(root, name)
+        found = _lookup(root, name)
+        if found is None and "." in name:  # through a top-level name that the package exports lazily
+            exported, _, rest = name.partition(".")[2].partition(".")
+            module = _lazy_exports(root).get(exported)
+            if module is not None:
+                found = _lookup(root, f"{module}.{exported}" + (f".{rest}" if rest else ""))
+        return found
     head, _, tail = name.partition(".")
     base = _scope_lookup(obj, root, head)
     if base is None:
