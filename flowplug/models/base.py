@@ -9,9 +9,11 @@ rebuilds an identical, untrained model; checkpoints store it.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,7 +23,18 @@ from flowplug._checks import check_floating
 from flowplug.cnf.flow import CNF
 from flowplug.metrics import bits_per_dim, level_bits_per_dim
 
-__all__ = ["FlowModel"]
+__all__ = ["FlowModel", "constructor_spec"]
+
+
+def constructor_spec(name: str, init: Callable[..., Any], arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The registry spec ``{"type": name, ...}`` that rebuilds a model: every parameter of ``init`` (but ``self``)
+    with its value in ``arguments`` (a constructor's ``locals()``), sequences stored as lists (plain data)."""
+    spec: dict[str, Any] = {"type": name}
+    for parameter in inspect.signature(init).parameters:
+        if parameter != "self":
+            value = arguments[parameter]
+            spec[parameter] = list(value) if isinstance(value, tuple) else copy.deepcopy(value)
+    return spec
 
 
 class FlowModel(nn.Module, ABC):

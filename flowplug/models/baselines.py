@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from flowplug._normflows_components import affine_coupling_block
-from flowplug.models.base import FlowModel
+from flowplug.models.base import FlowModel, constructor_spec
 from flowplug.registry import register
 
 __all__ = ["Glow", "RealNVP"]
@@ -132,15 +132,7 @@ class Glow(_MultiscaleModel):
         alpha: float = 0.05,
         scale_map: str = "sigmoid",
     ) -> None:
-        config = {
-            "type": "glow",
-            "image_shape": list(image_shape),
-            "levels": levels,
-            "depth": depth,
-            "hidden_channels": hidden_channels,
-            "alpha": alpha,
-            "scale_map": scale_map,
-        }
+        config = constructor_spec("glow", Glow.__init__, locals())
 
         def level_flows(channels: int) -> list[nn.Module]:
             blocks = [
@@ -174,14 +166,7 @@ class RealNVP(_MultiscaleModel):
         hidden_channels: int = 64,
         alpha: float = 0.05,
     ) -> None:
-        config = {
-            "type": "realnvp",
-            "image_shape": list(image_shape),
-            "levels": levels,
-            "depth": depth,
-            "hidden_channels": hidden_channels,
-            "alpha": alpha,
-        }
+        config = constructor_spec("realnvp", RealNVP.__init__, locals())
 
         def couplings(channels: int, modes: tuple[str, str]) -> list[nn.Module]:
             return [

@@ -141,3 +141,14 @@ def test_bad_inputs(cls):
         model.sample(0)
     with pytest.raises(ValueError, match="temperature"):
         model.sample(2, temperature=0.0)
+
+
+@pytest.mark.parametrize("cls", [flowplug.Glow, flowplug.RealNVP])
+def test_config_records_every_constructor_argument(cls):
+    import inspect
+
+    parameters = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    model = cls((1, 8, 8), levels=1, depth=1, hidden_channels=4)
+    assert list(model.config) == ["type", *parameters]
+    assert model.config["image_shape"] == [1, 8, 8] and model.config["depth"] == 1
+    assert flowplug.build(model.config).config == model.config
