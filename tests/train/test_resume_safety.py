@@ -49,7 +49,7 @@ def test_divergence_keeps_the_last_good_checkpoint_and_names_it(tiny_data, tmp_p
     # calls: 1 initialisation, then a step and an evaluation per step; the evaluation after step 3 is NaN
     trainer = Trainer(_Diverging(start=6), config, out_dir=tmp_path, device="cpu")
     with pytest.warns(UserWarning, match="no checkpoint written"), \
-            pytest.raises(FloatingPointError, match="step-00000002.pt") as error:
+            pytest.raises(FloatingPointError, match=r"step-00000002\.pt") as error:
         trainer.fit(train, val)
     good = tmp_path / "checkpoints" / "step-00000002.pt"
     assert str(good) in str(error.value)
@@ -76,7 +76,7 @@ def test_best_ignores_non_finite_evaluations(tmp_path):
 def test_a_new_run_refuses_a_folder_holding_a_run_unless_told(tiny_data, tmp_path):
     _trainer(tmp_path, 3).fit(tiny_data)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="already holds a run.*--overwrite"):
+    with pytest.raises(ValueError, match=r"already holds a run.*--overwrite"):
         _trainer(tmp_path, 2).fit(tiny_data)
     assert load_checkpoint(tmp_path / "checkpoints" / "step-00000003.pt")["step"] == 3
     _trainer(tmp_path, 2).fit(tiny_data, overwrite=True)
