@@ -153,8 +153,8 @@ def _train(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, root=args.data_root)
     spec, preset = _model_spec(args, data)
     split: dict[str, Any] = {"holdout": 0.1}
-    if resumed is not None:
-        preset = resumed["trainer_config"]
+    if resumed is not None:  # the run's own options, then a config file's, then the flags given
+        preset = {**resumed["trainer_config"], **(preset if args.config is not None else {})}
         split = resumed["data"].get("split", split)
     config = _trainer_config(args, preset)
     train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
