@@ -71,7 +71,7 @@ def run_trials(trials: int, folder: Path, seed: int = 0) -> dict[str, object]:
                 raise AssertionError("final weights differ from the uninterrupted run")
             if list((out / "checkpoints").glob(".*.tmp")):
                 raise AssertionError("a temporary file was left behind")
-        except Exception as error:  # noqa: BLE001 (each failure is reported, the trials go on)
+        except Exception as error:
             failures.append(f"trial {trial}: {error}")
     return {"trials": trials, "failures": failures, "checkpoint_step_at_kill": killed_at_step,
             "uninterrupted_run_s": round(duration, 1), "total_s": round(time.monotonic() - start, 1)}

@@ -1,6 +1,7 @@
-"""The fault suite (slow): random SIGKILLs, a diverging run, and two Gloo processes with an adaptive solver.
+"""The fault suite (slow): random SIGKILLs, a diverging run, one report under torchrun.
 
-See ``docs/testing.md``; ``python tests/fault/kill_trials.py --trials 100`` runs the long kill series.
+Two Gloo processes with an adaptive solver: ``tests/train/test_distributed_adaptive.py``;
+``python tests/fault/kill_trials.py --trials 100`` runs the long kill series.
 """
 
 from __future__ import annotations
@@ -8,25 +9,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-import flowplug
 from flowplug.cli import main
-from flowplug.data import Batch
-from flowplug.train import TrainConfig, Trainer, load_checkpoint
-from flowplug.train.evaluation import count_nfe
+from flowplug.train import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kill_trials import run_trials  # noqa: E402
+from kill_trials import run_trials
 
 pytestmark = pytest.mark.slow
 
@@ -55,78 +49,6 @@ def test_a_diverging_run_keeps_a_resumable_checkpoint(tmp_path, capsys):
                  "--out", str(out), "--resume", str(good)]) == 0
     assert f"resumed from {good} at step {step}" in capsys.readouterr().err
     assert json.loads((out / "report.json").read_text())["steps"] == step + 3
-
-
-MRCNF = {"type": "mrcnf", "image_shape": [2, 4, 4], "levels": 2, "hidden_channels": 4, "divergence": "exact"}
-STEPS = 6
-CONFIG = {"steps": STEPS, "batch_size": 16, "precision": "float64", "ema_decay": None, "warmup_steps": 0,
-          "schedule": "constant", "lr": 1e-2, "progress": False, "tensorboard": False}
-
-
-def _batches():
-    generator = torch.Generator().manual_seed(0)
-    ramp = torch.linspace(0.1, 0.9, 4).view(1, 1, 1, 4)
-    return [(ramp + 0.15 * torch.randn(16, 2, 4, 4, generator=generator, dtype=torch.float64)).clamp(0.01, 0.99)
-            for _ in range(STEPS)]
-
-
-def _curve(state_path, accumulation=1, share=lambda v: v):
-    """Per-step global losses and this process's NFE of a likelihood run on the fixed global batches."""
-    model = flowplug.build(MRCNF).double()
-    model.load_state_dict(torch.load(state_path, weights_only=True))
-    trainer = Trainer(model, TrainConfig(**CONFIG, accumulation=accumulation), device="cpu")
-    losses, nfes = [], []
-    for v in _batches():
-        losses.append(trainer.train_step(Batch(share(v), 4))["loss"])
-        nfes.append(count_nfe(model))
-    return losses, nfes
-
-
-def _worker(rank, port, state_path, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    try:
-        losses, nfes = _curve(state_path, share=lambda v: v.chunk(2)[rank])
-        torch.save({"losses": losses, "nfes": nfes}, out.format(rank))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_gloo_processes_with_an_adaptive_solver_match_one(tmp_path):
-    """Likelihood objective, dopri5, exact trace (so the runs are deterministic). The two ranks solve their own
-    halves of each global batch and take different numbers of solver steps. They must match a 1-process run
-    that solves the same halves (accumulation 2) to rounding, and the 1-process run on the whole batch to within
-    the solver's own error, measured as the gap between that run and the accumulation-2 one."""
-    torch.manual_seed(0)
-    model = flowplug.build(MRCNF).double()
-    model.initialize_from_data(_batches()[0])
-    state_path = tmp_path / "state.pt"
-    torch.save(model.state_dict(), state_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = str(tmp_path / "rank{}.pt")
-    context = mp.spawn(_worker, args=(port, state_path, out), nprocs=2, join=False)
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two processes hung")
-    ranks = [torch.load(out.format(r), weights_only=True) for r in (0, 1)]
-    whole, _ = _curve(state_path)
-    halves, _ = _curve(state_path, accumulation=2)
-    two = ranks[0]["losses"]
-    assert ranks[0]["losses"] == ranks[1]["losses"]  # every rank reports the global mean
-    assert ranks[0]["nfes"] != ranks[1]["nfes"]  # the ranks' adaptive solves took different step counts
-    solver_noise = max(abs(a - b) for a, b in zip(whole, halves, strict=True))
-    gap_halves = max(abs(a - b) for a, b in zip(two, halves, strict=True))
-    gap_whole = max(abs(a - b) for a, b in zip(two, whole, strict=True))
-    print(json.dumps({"nfes": [r["nfes"] for r in ranks], "solver_noise": solver_noise,
-                      "gap_to_accumulation_2": gap_halves, "gap_to_whole_batch": gap_whole}))
-    assert gap_halves < 1e-8
-    assert gap_whole <= solver_noise + 1e-8
 
 
 def test_only_rank_zero_reports_under_torchrun(tmp_path):

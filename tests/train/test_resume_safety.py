@@ -11,7 +11,7 @@ import stat
 
 import pytest
 import torch
-from train_helpers import ToyModel, read_metric, tiny_glow
+from train_helpers import Exploding, read_metric, tiny_glow
 
 from flowplug.train import TrainConfig, Trainer, load_checkpoint
 from flowplug.train import checkpoint as checkpoint_module
@@ -28,26 +28,12 @@ def _trainer(folder, steps, **options):
     return Trainer(tiny_glow(), config, out_dir=folder, device="cpu")
 
 
-class _Diverging(ToyModel):
-    """A 'model' whose log-likelihood is NaN from call ``start`` on (``None``: never)."""
-
-    def __init__(self, start):
-        super().__init__()
-        self.calls, self.start = 0, start
-        self.config = {"type": "diverging"}
-
-    def log_prob(self, v):
-        self.calls += 1
-        value = -(v - self.weight).pow(2).flatten(1).sum(1)
-        return value * float("nan") if self.start is not None and self.calls > self.start else value
-
-
 def test_divergence_keeps_the_last_good_checkpoint_and_names_it(tiny_data, tmp_path, capfd):
     train, val = tiny_data.split(0.25)
     config = TrainConfig(steps=50, max_bad_steps=3, ema_decay=None, checkpoint_every=1, keep_last=1,
                          eval_every=1, **{k: v for k, v in FAST.items() if k != "precision"})
     # calls: 1 initialisation, then a step and an evaluation per step; the evaluation after step 3 is NaN
-    trainer = Trainer(_Diverging(start=6), config, out_dir=tmp_path, device="cpu")
+    trainer = Trainer(Exploding(start=6), config, out_dir=tmp_path, device="cpu")
     with pytest.warns(UserWarning, match="no checkpoint written"), \
             pytest.raises(FloatingPointError, match=r"step-00000002\.pt") as error:
         trainer.fit(train, val)
@@ -56,7 +42,7 @@ def test_divergence_keeps_the_last_good_checkpoint_and_names_it(tiny_data, tmp_p
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", good.name]
     state = load_checkpoint(good)
     assert state["step"] == 2 and all(torch.isfinite(t).all() for t in state["model"].values())
-    resumed = Trainer(_Diverging(start=None), TrainConfig(**{**config.to_dict(), "steps": 5}),
+    resumed = Trainer(Exploding(start=None), TrainConfig(**{**config.to_dict(), "steps": 5}),
                       out_dir=tmp_path, device="cpu")
     capfd.readouterr()
     assert resumed.fit(train, val, resume=good)["steps"] == 5
