@@ -428,6 +428,7 @@ class Trainer:
         data_info = train.info()
         if self.folder is not None and not resume:
             self.folder.claim(overwrite)
+            distributed.barrier()  # every rank has looked at the folder before rank 0 writes to it
         if resume:
             self._resume(resume, data_info)
         if self.folder is not None:
