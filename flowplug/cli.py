@@ -20,12 +20,14 @@ from typing import Any
 
 import torch
 
+from flowplug.cnf.solver import ODESolverError
 from flowplug.data import DATASET_NAMES, ImageData, load_dataset
 from flowplug.registry import KINDS, build, components, get_component
 from flowplug.threads import THREADS_ENV, WAIT_POLICY_ENV, set_threads
-from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, load_checkpoint, objectives
+from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, distributed, load_checkpoint, objectives
 from flowplug.train.config import PRECISIONS
 from flowplug.train.feedback import save_image_grid
+from flowplug.train.rotation import load_latest
 
 __all__ = ["PRESETS", "main"]
 
@@ -136,20 +138,38 @@ def _trainer_config(args: argparse.Namespace, preset: dict[str, Any]) -> TrainCo
     return TrainConfig.from_dict(options)
 
 
+def _resumed_state(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The checkpoint ``--resume`` continues (its options are the defaults of the resumed run), if any."""
+    if not args.resume:
+        return None
+    if args.out is None:
+        raise ValueError("--resume continues the run in --out; name the run folder with --out")
+    if args.resume is not True:
+        return load_checkpoint(args.resume)
+    found = load_latest(Path(args.out) / "checkpoints")
+    return found[1] if found is not None else None
+
+
 def _train(args: argparse.Namespace) -> int:
+    resumed = _resumed_state(args)
     data = load_dataset(args.data, root=args.data_root)
-    train_data, val_data = data.split(args.holdout, seed=args.seed or 0)
     spec, preset = _model_spec(args, data)
+    split: dict[str, Any] = {"holdout": 0.1}
+    if resumed is not None:  # the run's own options, then a config file's, then the flags given
+        preset = {**resumed["trainer_config"], **(preset if args.config is not None else {})}
+        split = resumed["data"].get("split", split)
     config = _trainer_config(args, preset)
+    train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
     torch.manual_seed(config.seed)
     model = build(spec)
     out = Path(args.out or f"runs/{spec['type']}-{time.strftime('%Y%m%d-%H%M%S')}")
     if config.checkpoint_every is None:
         config.checkpoint_every = max(1, (config.steps or 1000) // 4)
     trainer = Trainer(model, config, out_dir=out, device=args.device)
-    report = trainer.fit(train_data, val_data, resume=args.resume)
-    print((out / "report.txt").read_text() if (out / "report.txt").exists() else report)
-    print(f"run folder: {out}")
+    report = trainer.fit(train_data, val_data, resume=args.resume, overwrite=args.overwrite)
+    if distributed.rank() == 0:
+        print((out / "report.txt").read_text() if (out / "report.txt").exists() else report)
+        print(f"run folder: {out}")
     return 0
 
 
@@ -171,13 +191,34 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+_SEPARATE_TEST_SETS = ("cifar10", "mnist")
+"""Datasets whose ``--split test`` is a separate set; for the others it is the training data itself."""
+
+
+def _evaluation_data(args: argparse.Namespace, state: dict[str, Any]) -> ImageData:
+    """The ``--split`` of ``--data`` to score; by default the checkpoint's own held-out images. A split
+    that would score images the checkpoint was trained on as held out is refused."""
+    data = load_dataset(args.data, root=args.data_root, train=args.split != "test")
+    trained = state["data"].get("split")
+    same = trained is not None and trained["of"] == data.name
+    if args.split in ("held-out", "train"):
+        stored = trained if same else {"holdout": 0.1, "seed": 0}
+        holdout = args.holdout if args.holdout is not None else stored["holdout"]
+        seed = args.seed if args.seed is not None else stored["seed"]
+        if same and (holdout, seed) != (trained["holdout"], trained["seed"]):
+            raise ValueError(f"the checkpoint was trained on {data.name} with --holdout {trained['holdout']} "
+                             f"--seed {trained['seed']}; another split would score its training images as "
+                             "held out (leave --holdout and --seed out to use its own)")
+        return data.split(holdout, seed=seed)[args.split == "held-out"]
+    if same and (args.split == "all" or data.name not in _SEPARATE_TEST_SETS):
+        raise ValueError(f"--split {args.split} of {data.name} includes the images the checkpoint was trained "
+                         "on; use --split held-out (its own held-out images)")
+    return data
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     trainer, state = _restore(args)
-    data = load_dataset(args.data, root=args.data_root, train=args.split != "test")
-    if args.split == "held-out":
-        data = data.split(args.holdout, seed=args.seed)[1]
-    elif args.split == "train":
-        data = data.split(args.holdout, seed=args.seed)[0]
+    data = _evaluation_data(args, state)
     expected = tuple(state["data"]["image_shape"]), state["data"]["n_bins"]
     if (data.image_shape, data.n_bins) != expected:
         raise ValueError(f"the checkpoint's model is for images {expected[0]} with n_bins="
@@ -217,11 +258,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default="digits",
                        help=f"{', '.join(DATASET_NAMES)} or a path (default digits)")
     train.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
-    train.add_argument("--holdout", type=float, default=0.1, help="held-out fraction (0.1)")
+    train.add_argument("--holdout", type=float,
+                       help="held-out fraction (0.1; a resume keeps the run's)")
     _add_train_flags(train)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda[:i] or mps")
     train.add_argument("--out", help="run folder (default runs/<model>-<time>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                       help="continue the run in --out from its newest intact checkpoint, or from "
+                            "CHECKPOINT (e.g. its checkpoints/best.pt); options given change the run "
+                            "(applied and recorded) or are refused")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out instead of refusing")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
@@ -230,7 +277,9 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         command.add_argument("checkpoint")
         command.add_argument("--device", default="auto")
-        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--seed", type=int, default=0 if name == "sample" else None,
+                             help="sampling seed" if name == "sample" else
+                             "split seed (default: the checkpoint's)")
         command.set_defaults(run=run)
         if name == "sample":
             command.add_argument("--num", type=int, default=64)
@@ -241,9 +290,11 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--data-root")
             command.add_argument("--split", default="held-out",
                                  choices=("held-out", "train", "all", "test"),
-                                 help="held-out/train: the training run's split (same "
-                                      "--holdout and --seed); all; test: torchvision's test set")
-            command.add_argument("--holdout", type=float, default=0.1)
+                                 help="held-out (default)/train: the training run's split, as "
+                                      "stored in the checkpoint; all; test: torchvision's test set "
+                                      "(splits holding training images are refused)")
+            command.add_argument("--holdout", type=float,
+                                 help="held-out fraction (default: the checkpoint's)")
 
     for command in commands.choices.values():
         command.add_argument("--threads", type=int, metavar="N",
@@ -258,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         set_threads(args.threads)
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as error:
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError, FloatingPointError,
+            ODESolverError) as error:
         print(f"flowplug: error: {error}", file=sys.stderr)
         return 2
 

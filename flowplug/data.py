@@ -55,6 +55,9 @@ class ImageData:
     x: torch.Tensor
     n_bins: int
     name: str
+    origin: dict[str, object] | None = None
+    """For a part made by :meth:`split`: ``{"of": name, "part": "train"|"held-out", "holdout": fraction,
+    "seed": seed}``, so a checkpoint records which images it was trained on."""
 
     def __post_init__(self) -> None:
         check_images(self.x, self.n_bins, self.name)
@@ -73,6 +76,7 @@ class ImageData:
             "n_bins": self.n_bins,
             "image_shape": list(self.image_shape),
             "num_images": len(self),
+            **({"split": dict(self.origin)} if self.origin is not None else {}),
         }
 
     def split(self, holdout: float, seed: int = 0) -> tuple[ImageData, ImageData]:
@@ -84,9 +88,10 @@ class ImageData:
             raise ValueError(f"holdout={holdout} of {len(self)} images leaves none to train on")
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         held, train = order[:n_held].sort().values, order[n_held:].sort().values
+        made = {"of": self.name, "holdout": holdout, "seed": seed}
         return (
-            ImageData(self.x[train], self.n_bins, f"{self.name}[train]"),
-            ImageData(self.x[held], self.n_bins, f"{self.name}[held-out]"),
+            ImageData(self.x[train], self.n_bins, f"{self.name}[train]", {**made, "part": "train"}),
+            ImageData(self.x[held], self.n_bins, f"{self.name}[held-out]", {**made, "part": "held-out"}),
         )
 
 

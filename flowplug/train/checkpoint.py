@@ -3,8 +3,9 @@
 A checkpoint holds everything to continue a run exactly or rebuild its model alone: the model's
 ``state_dict`` and ``config`` (a registry spec), optimiser, scheduler and EMA states, the step, the
 RNG states, the trainer's config and the data's description. Writing goes to a temporary file in
-the same folder, is flushed to disk, then renamed over the target, so a process killed mid-write
-leaves the previous file intact. Reading uses ``torch.load(..., weights_only=True)``, which refuses
+the same folder, is flushed to disk, then renamed over the target and the folder itself
+is flushed, so a process killed mid-write (or a full disk) leaves the previous file intact and the rename
+survives a crash. Reading uses ``torch.load(..., weights_only=True)``, which refuses
 any pickled object other than tensors and plain containers, so a checkpoint never runs code.
 """
 
@@ -52,7 +53,20 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (the rename) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

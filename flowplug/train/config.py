@@ -100,9 +100,18 @@ class TrainConfig:
         return cls(**values)
 
 
-def lr_factor(config: TrainConfig, step: int, total_steps: int | None) -> float:
+def lr_factor(config: TrainConfig, step: int, total_steps: int | None,
+              segment: tuple[int, float] | None = None) -> float:
     """The learning rate's multiplier at ``step``: linear warm-up, then cosine decay to 0 at ``total_steps``
-    (or constant)."""
+    (or constant).
+
+    ``segment = (start, factor)`` is a budget extended on resume: from step ``start`` on, a new cosine segment
+    decays from ``factor`` (the rate the run had reached) to 0 at the new ``total_steps``.
+    """
+    if segment is not None and step >= segment[0] and total_steps:
+        start, factor = segment
+        progress = min(1.0, (step - start) / max(1, total_steps - start))
+        return factor * 0.5 * (1.0 + math.cos(math.pi * progress))
     warmup = config.warmup_steps
     if warmup and step < warmup:
         return (step + 1) / warmup

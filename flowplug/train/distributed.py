@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from lightning_utilities.core.rank_zero import rank_zero_only
 
-__all__ = ["all_reduce_mean", "is_distributed", "rank", "rank_zero_only", "setup", "world_size"]
+__all__ = ["all_reduce_mean", "barrier", "is_distributed", "rank", "rank_zero_only", "setup", "world_size"]
 
 rank_zero_only.rank = int(os.environ.get("RANK", 0))
 
@@ -54,3 +54,9 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values)
     return values / world_size()
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in a single process)."""
+    if is_distributed():
+        dist.barrier()

@@ -10,6 +10,7 @@ import csv
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,34 @@ import torch
 
 from flowplug.train.distributed import rank_zero_only
 
-__all__ = ["MetricsLogger", "Progress", "save_image_grid", "write_report"]
+__all__ = ["MetricsLogger", "Progress", "notify", "save_image_grid", "write_report"]
+
+
+@rank_zero_only
+def notify(message: str) -> None:
+    """Tell the person at the console (standard error, rank 0) what the run did, e.g. what it resumed from."""
+    print(f"flowplug: {message}", file=sys.stderr, flush=True)
 
 
 class MetricsLogger:
     """Appends ``step, elapsed_s, split, metric, value`` rows to ``metrics.csv`` in ``folder``, and
-    writes the same scalars to TensorBoard (``folder/tensorboard``) when it is installed."""
+    writes the same scalars to TensorBoard (``folder/tensorboard``) when it is installed.
 
-    def __init__(self, folder: Path, tensorboard: bool = True) -> None:
+    ``after_step`` (a resume) first drops the rows of steps past it, which the resumed run writes again.
+    """
+
+    def __init__(self, folder: Path, tensorboard: bool = True, after_step: int | None = None) -> None:
         self.path = folder / "metrics.csv"
         self._writer = None
         if rank_zero_only.rank != 0:
             return
         folder.mkdir(parents=True, exist_ok=True)
+        if after_step is not None and self.path.exists():
+            with self.path.open(newline="") as file:
+                rows = list(csv.reader(file))
+            kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= after_step]
+            with self.path.open("w", newline="") as file:
+                csv.writer(file).writerows(kept)
         if not self.path.exists():
             with self.path.open("w", newline="") as file:
                 csv.writer(file).writerow(["step", "elapsed_s", "split", "metric", "value"])

@@ -15,15 +15,17 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_utilities.core.rank_zero import rank_zero_info, rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
+from flowplug.cnf.solver import ODESolverError
 from flowplug.data import Batch, ImageData
 from flowplug.losses import collect_extra_losses
 from flowplug.models.base import FlowModel
@@ -35,9 +37,17 @@ from flowplug.train.devices import autocast, resolve_device, resolve_precision
 from flowplug.train.distributed import rank_zero_only
 from flowplug.train.ema import make_ema
 from flowplug.train.evaluation import evaluate
-from flowplug.train.feedback import MetricsLogger, Progress, save_image_grid, write_report
+from flowplug.train.feedback import MetricsLogger, Progress, notify, save_image_grid, write_report
 from flowplug.train.objectives import Objective, get_objective
-from flowplug.train.rotation import latest_checkpoint, save_rotating
+from flowplug.train.resume import changed_options, extension_segment
+from flowplug.train.rotation import (
+    BEST,
+    latest_checkpoint,
+    load_latest,
+    remove_stale_temporaries,
+    save_rotating,
+    set_aside_after,
+)
 from flowplug.train.run_folder import RunFolder
 
 __all__ = ["Trainer"]
@@ -95,16 +105,22 @@ class Trainer:
         if self.config.trainable_levels is not None:
             model.set_trainable_levels(self.config.trainable_levels)
         self._total_steps: int | None = self.config.steps
+        self._segment: tuple[int, float] | None = None
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(self.config, step, self._total_steps)
+            self.optimizer, lambda step: lr_factor(self.config, step, self._total_steps, self._segment)
         )
         self.ema: AveragedModel | None = None
         self.step = 0
         self.skipped_steps = 0
         self.best_val_bpd: float | None = None
+        self.resumes: list[dict[str, Any]] = []
+        """One record per resume of this run: step, checkpoint, changed options, schedule segment."""
+        self._last_eval_finite = True
+        self._elapsed_before = 0.0
+        self._clock_start = time.monotonic()
         self._bad_run = 0
         self._wrapped: nn.Module | None = None
         self._wrapped_key: tuple[int, Objective] | None = None
@@ -245,6 +261,10 @@ class Trainer:
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "best_val_bpd": self.best_val_bpd,
+            "total_steps": self._total_steps,
+            "schedule_segment": list(self._segment) if self._segment is not None else None,
+            "elapsed_s": self._elapsed(),
+            "resumes": self.resumes,
             "rng": capture_rng(),
             "trainer_config": self.config.to_dict(),
             "data": data_info,
@@ -255,8 +275,8 @@ class Trainer:
         if state["model_config"] != self.model.config:
             raise CheckpointError(f"the checkpoint's model config {state['model_config']} "
                                   f"differs from this model's {self.model.config}")
-        for key in ("n_bins", "image_shape"):
-            if state["data"].get(key) != data_info.get(key):
+        for key in ("n_bins", "image_shape", "split"):
+            if key in state["data"] and key in data_info and state["data"][key] != data_info[key]:
                 raise CheckpointError(
                     f"the checkpoint was trained on data with {key}={state['data'].get(key)}, "
                     f"this data has {data_info.get(key)}"
@@ -273,14 +293,98 @@ class Trainer:
         self.step = state["step"]
         self.skipped_steps = state["skipped_steps"]
         self.best_val_bpd = state["best_val_bpd"]
+        segment = state.get("schedule_segment")
+        self._segment = (int(segment[0]), float(segment[1])) if segment is not None else None
+        self._elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.resumes = list(state.get("resumes", []))
         restore_rng(state["rng"])
+
+    def _apply_rates(self) -> None:
+        """Set the optimiser's base rate and weight decay from the config and its current rate from the
+        schedule (for an unchanged config, exactly the values the checkpoint holds)."""
+        factor = lr_factor(self.config, self.step, self._total_steps, self._segment)
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=self.config.lr, lr=self.config.lr * factor,
+                         weight_decay=self.config.weight_decay)
+        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _resume(self, resume: bool | str | Path, data_info: dict[str, Any]) -> None:
+        """Continue from ``resume`` (a checkpoint path, or True: the newest intact one in the run folder),
+        applying and recording changed options; says on the console what it resumed from."""
+        if self.folder is not None:
+            for path in remove_stale_temporaries(self.folder.checkpoints):
+                notify(f"removed {path}, left by a write that was interrupted")
+        if resume is True:
+            if self.folder is None:
+                raise ValueError("resume=True continues the run in out_dir; give out_dir or a checkpoint path")
+            found = load_latest(self.folder.checkpoints, self.device)
+            if found is None:
+                notify(f"no checkpoint in {self.folder.checkpoints} to resume from; starting a new run")
+                return
+            path, state, notes = found
+            for note in notes:
+                notify(note)
+        else:
+            path, state = Path(resume), load_checkpoint(resume, self.device)
+        self.load_state_dict(state, data_info)
+        changes = changed_options(state.get("trainer_config", {}), self.config)
+        old_total = state.get("total_steps", state.get("trainer_config", {}).get("steps"))
+        self._segment = extension_segment(self.config, self.step, old_total, self._total_steps,
+                                          self._segment)
+        self._apply_rates()
+        record: dict[str, Any] = {"step": self.step, "from": str(path), "changed": changes}
+        if old_total != self._total_steps:
+            record["schedule_segment"] = list(self._segment) if self._segment is not None else None
+        self.resumes.append(record)
+        if self.folder is not None:
+            self._set_aside(self.step)
+        changed = "; changed " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()) \
+            if changes else ""
+        notify(f"resumed from {path} at step {self.step}{changed}")
+
+    @rank_zero_only
+    def _set_aside(self, step: int) -> None:
+        moved = set_aside_after(self.folder.checkpoints, step)
+        if moved:
+            notify(f"moved {len(moved)} checkpoint(s) past step {step} to {moved[0].parent}: "
+                   "the continuation starts from the resumed step")
 
     def latest_checkpoint(self) -> Path | None:
         """The highest-step checkpoint in the run folder, if any."""
         return latest_checkpoint(self.folder.checkpoints) if self.folder is not None else None
 
+    def _healthy(self) -> bool:
+        """Whether the weights (and EMA weights) are finite and the last evaluation was."""
+        tensors = list(self.model.parameters())
+        if self.ema is not None:
+            tensors += list(self.ema.module.parameters())
+        return self._last_eval_finite and bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def _resume_hint(self) -> str:
+        """Which checkpoint a stopped run can be resumed from."""
+        if self.folder is None:
+            return "no run folder was given, so no checkpoint was written"
+        good = self.latest_checkpoint()
+        best = self.folder.checkpoints / BEST
+        good = good or (best if best.exists() else None)
+        if good is None:
+            return "no checkpoint was written yet"
+        return f"the newest good checkpoint is {good}; continue with `flowplug train --resume {good}` " \
+               f"(or fit(..., resume={str(good)!r})) after lowering the learning rate"
+
+    def _track_best(self, bpd: float) -> None:
+        """Note an evaluation: a finite one better than the best so far becomes the best."""
+        self._last_eval_finite = math.isfinite(bpd)
+        if self._last_eval_finite and (self.best_val_bpd is None or bpd < self.best_val_bpd):
+            self.best_val_bpd = bpd
+
     @rank_zero_only
     def _save(self, data_info: dict[str, Any], val_bpd: float | None) -> None:
+        if not self._healthy():
+            warnings.warn(f"step {self.step}: no checkpoint written, the weights or the last evaluation are "
+                          f"not finite; {self._resume_hint()}", stacklevel=2)
+            return
         best = val_bpd is not None and val_bpd == self.best_val_bpd
         save_rotating(self.state_dict(data_info), self.folder.checkpoints, self.step,
                       keep_last=self.config.keep_last, best=best)
@@ -293,12 +397,18 @@ class Trainer:
         val: ImageData | None = None,
         *,
         resume: bool | str | Path = False,
+        overwrite: bool = False,
     ) -> dict[str, Any]:
         """Train on ``train`` until the budget is spent; returns the final report.
 
-        ``resume=True`` continues from the latest checkpoint in ``out_dir`` (starting afresh if
-        there is none); a path continues from that checkpoint. The report holds the held-out BPD
-        (overall and per level, on ``val`` when given), steps, time, NFE and parameter count.
+        ``resume=True`` continues from the newest intact checkpoint in ``out_dir`` (falling back past a
+        corrupt one, saying so; starting afresh if there is none); a path continues from that checkpoint
+        (``best.pt`` too). Without ``resume``, an ``out_dir`` that already holds a run is refused unless
+        ``overwrite=True``, which deletes that run's files first. On resume, changed options are applied
+        and recorded or refused (:mod:`flowplug.train.resume`); a larger step budget continues the
+        schedule with a new cosine segment (:func:`~flowplug.train.resume.extension_segment`). The report
+        holds the held-out BPD (overall and per level, on ``val`` when given), steps, time, NFE and
+        parameter count.
         """
         cfg = self.config
         world = distributed.world_size()
@@ -316,18 +426,21 @@ class Trainer:
             by_epochs = math.ceil(cfg.epochs * steps_per_epoch)
             self._total_steps = min(by_epochs, cfg.steps or by_epochs)
         data_info = train.info()
+        if self.folder is not None and not resume:
+            self.folder.claim(overwrite)
+            distributed.barrier()  # every rank has looked at the folder before rank 0 writes to it
         if resume:
-            path = self.latest_checkpoint() if resume is True else Path(resume)
-            if path is not None:
-                self.load_state_dict(load_checkpoint(path, self.device), data_info)
-                rank_zero_info(f"resumed from {path} at step {self.step}")
+            self._resume(resume, data_info)
         if self.folder is not None:
-            self._logger = MetricsLogger(self.folder.root, cfg.tensorboard)
+            self._logger = MetricsLogger(self.folder.root, cfg.tensorboard,
+                                         after_step=self.step if resume else None)
             self.folder.write_config({
                 "trainer": cfg.to_dict(), "model": self.model.config, "data": data_info,
                 "device": str(self.device), "precision": self.precision, "processes": world,
+                "resumes": self.resumes,
             })
         start, start_step = time.monotonic(), self.step
+        self._clock_start = start
         progress = Progress(self._total_steps, self.step, cfg.progress)
         last: dict[str, float] = {}
         try:
@@ -336,7 +449,9 @@ class Trainer:
                     break
                 last = self.train_step(self._batch(x, train.n_bins))
                 progress.update(last)
-                self._after_step(last, start, val, data_info)
+                self._after_step(last, val, data_info)
+        except (FloatingPointError, ODESolverError) as error:
+            raise type(error)(f"{error}; {self._resume_hint()}") from error
         finally:
             progress.close()
         elapsed = time.monotonic() - start
@@ -352,20 +467,23 @@ class Trainer:
             done = done or distributed.all_reduce_mean(late.to(self.device)).item() > 0
         return done
 
+    def _elapsed(self) -> float:
+        """Training seconds of this run over all its resumes."""
+        return self._elapsed_before + time.monotonic() - self._clock_start
+
     def _every(self, interval: int | None) -> bool:
         return interval is not None and self.step % interval == 0
 
-    def _after_step(self, metrics: dict[str, float], start: float, val: ImageData | None,
+    def _after_step(self, metrics: dict[str, float], val: ImageData | None,
                     data_info: dict[str, Any]) -> None:
-        elapsed = time.monotonic() - start
+        elapsed = self._elapsed()
         if self._logger is not None and self._every(self.config.log_every):
             self._logger.log(self.step, elapsed, "train", metrics)
         val_bpd = None
         if val is not None and self._every(self.config.eval_every):
             result = self.evaluate(val)
             val_bpd = result["bpd"]
-            if self.best_val_bpd is None or val_bpd < self.best_val_bpd:
-                self.best_val_bpd = val_bpd
+            self._track_best(val_bpd)
             if self._logger is not None:
                 flat = {"bpd": val_bpd, **{f"bpd_level{i}": b
                                            for i, b in enumerate(result["per_level_bpd"])}}
@@ -402,8 +520,7 @@ class Trainer:
         if val is not None:
             held_out = self.evaluate(val)
             report["held_out"] = held_out
-            if self.best_val_bpd is None or held_out["bpd"] < self.best_val_bpd:
-                self.best_val_bpd = held_out["bpd"]
+            self._track_best(held_out["bpd"])
             val_bpd = held_out["bpd"]
         if self.folder is not None:
             self._save(data_info, val_bpd)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from train_helpers import tiny_glow
+from train_helpers import free_port, tiny_glow
 
 from flowplug.data import Batch
 from flowplug.train import TrainConfig, Trainer
@@ -42,11 +41,8 @@ def test_two_gloo_processes_match_one(tmp_path):
     model.log_prob(v)  # ActNorm's data-dependent initialisation, shared by all runs
     state_path = tmp_path / "state.pt"
     torch.save(model.state_dict(), state_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "rank{}.pt")
-    mp.spawn(_worker, args=(port, state_path, v, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), state_path, v, out), nprocs=2, join=True)
     loss, grad = _step(state_path, v)
     for rank in (0, 1):
         result = torch.load(out.format(rank), weights_only=True)

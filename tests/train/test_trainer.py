@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from train_helpers import TINY_GLOW, ToyModel, read_metric, tiny_glow
+from train_helpers import TINY_GLOW, Exploding, ToyModel, read_metric, tiny_glow
 
 import flowplug
 from flowplug.data import Batch, ImageData
@@ -71,22 +71,8 @@ def test_resume_refuses_a_different_model(tiny_data, tmp_path):
         trainer.fit(tiny_data, resume=True)
 
 
-class _Exploding(ToyModel):
-    """A 'model' whose log-likelihood is NaN from step ``start`` on."""
-
-    def __init__(self, start):
-        super().__init__()
-        self.calls, self.start = 0, start
-        self.config = {"type": "exploding"}
-
-    def log_prob(self, v):
-        self.calls += 1
-        value = -(v - self.weight).pow(2).flatten(1).sum(1)
-        return value * float("nan") if self.calls > self.start else value
-
-
 def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_data):
-    model = _Exploding(start=4)  # call 1 is the initialisation pass, so 3 good steps
+    model = Exploding(start=4)  # call 1 is the initialisation pass, so 3 good steps
     config = TrainConfig(steps=50, max_bad_steps=5, ema_decay=None, **FAST)
     trainer = Trainer(model, config, device="cpu")
     with pytest.warns(UserWarning, match="non-finite"), \

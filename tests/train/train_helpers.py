@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import socket
 from pathlib import Path
 
 import torch
@@ -39,3 +40,24 @@ class ToyModel(FlowModel):
     def sample(self, num_samples=1, temperature=None):
         v = torch.full((num_samples, *self.image_shape), 0.5) + 0 * self.weight
         return v, torch.zeros(num_samples)
+
+
+class Exploding(ToyModel):
+    """A 'model' whose log-likelihood is NaN after ``start`` calls (``None``: never)."""
+
+    def __init__(self, start: int | None) -> None:
+        super().__init__()
+        self.calls, self.start = 0, start
+        self.config = {"type": "exploding"}
+
+    def log_prob(self, v):
+        self.calls += 1
+        value = -(v - self.weight).pow(2).flatten(1).sum(1)
+        return value * float("nan") if self.start is not None and self.calls > self.start else value
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
