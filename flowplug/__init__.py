@@ -6,6 +6,7 @@ flowplug for its components does not import the trainer's dependencies.
 
 from typing import Any
 
+from flowplug.asinh import AsinhStretch
 from flowplug.cnf import CNF, ConvODENet, MLPODENet, SolverSettings
 from flowplug.data import ImageData, load_dataset
 from flowplug.distributions import StandardNormal
@@ -29,6 +30,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CNF",
     "MRCNF",
+    "AsinhStretch",
     "CheckpointError",
     "ConvODENet",
     "FlowModel",
