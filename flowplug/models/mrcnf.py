@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from flowplug._checks import check_floating
+from flowplug.asinh import AsinhStretch
 from flowplug.cnf import CNF, ConvODENet
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
 from flowplug.conditioning import ComposedFlow, run_inverse
@@ -179,6 +180,9 @@ class MRCNF(FlowModel):
         standardize: give every level a per-channel :class:`~flowplug.standardize.Standardize` (after the
             logit at the coarsest level), initialised by :meth:`initialize_from_data` or from the first
             training batch, with its exact log-determinant.
+        detail_stretch: if given, every detail level first maps its coefficients through
+            :class:`~flowplug.asinh.AsinhStretch` of this scale (e.g. ``1/256``, the dequantisation width), with
+            its exact log-determinant: it widens the point mass that flat image regions put at 0.
 
     ``config`` is the registry spec that rebuilds this model (``None`` when a level was given as modules).
     """
@@ -191,6 +195,7 @@ class MRCNF(FlowModel):
         *,
         logit_alpha: float = 0.05,
         standardize: bool = True,
+        detail_stretch: float | None = None,
         **level_options: Any,
     ) -> None:
         super().__init__()
@@ -213,6 +218,8 @@ class MRCNF(FlowModel):
                 given = default_level_spec(shape[0], 0 if context_shape is None else channels, **level_options)
             flows = [build(item) if isinstance(item, (str, Mapping)) else item for item in given]
             preprocess = nf.transforms.Logit(alpha=logit_alpha) if s == levels - 1 else None
+            if preprocess is None and detail_stretch is not None:  # issue 11: point masses of flat regions
+                preprocess = AsinhStretch(detail_stretch)
             standardizer = Standardize(shape[0]) if standardize else None
             self.levels.append(ResolutionLevel(flows, shape, context_shape, preprocess, standardizer))
         rebuildable = level_flows is None or all(lf is None or _is_plain_spec(lf) for lf in level_flows)
@@ -227,6 +234,7 @@ class MRCNF(FlowModel):
                 **copy.deepcopy(level_options),
                 "logit_alpha": logit_alpha,
                 "standardize": standardize,
+                **({} if detail_stretch is None else {"detail_stretch": detail_stretch}),
             }
             if rebuildable
             else None
