@@ -98,7 +98,7 @@ def test_flow_trained_with_ot_and_power_times_keeps_exact_likelihood():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     net = ResODENet(2, hidden_channels=8, num_blocks=1, context_channels=1, time_dim=8, groups=4)
-    cnf = CNF(net, divergence="exact", eval_solver={"method": "dopri5", "atol": 1e-7, "rtol": 1e-7})
+    cnf = CNF(net, divergence="exact", eval_solver={"method": "dopri5", "atol": 1e-6, "rtol": 1e-6})
     optimizer = torch.optim.Adam(cnf.parameters(), lr=3e-3)
     for _ in range(10):
         context = torch.randn(32, 1, 2, 2, generator=generator)
@@ -126,6 +126,6 @@ def test_flow_trained_with_ot_and_power_times_keeps_exact_likelihood():
         return torch.cat([f.detach(), trace.detach()[:, None]], 1)
 
     state0 = torch.cat([x.reshape(4, 8), torch.zeros(4, 1, dtype=torch.float64)], 1)
-    final = odeint(augmented, state0, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1e-7, atol=1e-7)[-1]
-    torch.testing.assert_close(z.reshape(4, 8), final[:, :8], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(log_det, final[:, 8], atol=1e-5, rtol=1e-5)
+    final = odeint(augmented, state0, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1e-6, atol=1e-6)[-1]
+    torch.testing.assert_close(z.reshape(4, 8), final[:, :8], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(log_det, final[:, 8], atol=1e-4, rtol=1e-4)
