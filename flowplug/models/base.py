@@ -57,7 +57,8 @@ class FlowModel(nn.Module, ABC):
         self, v: torch.Tensor, sigma: float = 1e-4, **options: Any
     ) -> list[torch.Tensor]:
         """Per-level mean flow-matching losses, for models whose flows are CNFs (see :class:`flowplug.MRCNF`);
-        ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to :meth:`flowplug.CNF.flow_matching_loss`."""
+        ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to
+        :meth:`flowplug.CNF.flow_matching_loss`."""
         raise NotImplementedError(
             f"{type(self).__name__} has no flow-matching objective; train it by likelihood"
         )

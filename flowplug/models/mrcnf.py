@@ -344,7 +344,8 @@ class MRCNF(FlowModel):
         self, v: torch.Tensor, sigma: float = 1e-4, **options: Any
     ) -> list[torch.Tensor]:
         """Per-level mean flow-matching losses (each level must be one CNF); see :mod:`flowplug.cnf.flow_matching`.
-        ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to :meth:`flowplug.CNF.flow_matching_loss`."""
+        ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to
+        :meth:`flowplug.CNF.flow_matching_loss`."""
         return [
             level.flow_matching_loss(x, context, sigma, **options).mean()
             for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
