@@ -3,7 +3,7 @@
 **Coupling.** Independent coupling pairs each data row ``x_i`` with a fresh Gaussian draw ``ε_i``.
 Minibatch optimal transport (Tong et al. 2023; Pooladian et al. 2023) re-pairs the rows of one batch by
 the permutation ``π`` that minimises ``Σ_i ‖x_i − ε_{π(i)}‖²``; the assignment problem is solved exactly
-by :func:`scipy.optimize.linear_sum_assignment` (a kept library, Jonker–Volgenant). The noise rows are
+by ``scipy.optimize.linear_sum_assignment`` (a kept library, Jonker–Volgenant). The noise rows are
 only reordered, so the batch still holds exactly the same Gaussian draws: the marginal of the noise is
 untouched, and the paths cross less, so the regression target has less variance and the learned field is
 straighter (fewer solver steps).

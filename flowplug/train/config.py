@@ -26,7 +26,7 @@ class TrainConfig:
     minutes: float | None = None
     clock: str = "wall"
     """What ``minutes`` counts: ``"wall"`` (elapsed time) or ``"process"`` (CPU seconds of this process,
-    :func:`time.process_time`, all its threads together), which keeps budgets equal between runs that share
+    ``time.process_time()``, all its threads together), which keeps budgets equal between runs that share
     the CPU cores with other work."""
     batch_size: int = 64
     """Images per optimiser step over all processes and accumulation micro-batches."""

@@ -72,3 +72,14 @@ def test_per_level_level_flows_through_build_keep_a_rebuildable_config():
 def test_bad_net_options(options, error, match):
     with pytest.raises(error, match=match):
         flowplug.MRCNF((1, 8, 8), levels=2, **options)
+
+
+def test_cli_default_job_builds_a_rebuildable_residual_model():
+    from flowplug.cli import PRESETS
+    from flowplug.train import TrainConfig
+
+    preset = PRESETS["mrcnf"]
+    model = flowplug.build({"type": "mrcnf", "image_shape": [1, 8, 8], **preset["model"]})
+    assert all(isinstance(net, ResODENet) for net in _nets(model))
+    flowplug.build(model.config).load_state_dict(model.state_dict())
+    TrainConfig.from_dict(preset["train"])
