@@ -348,7 +348,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> str | None:
             continue
         minutes = [c["train_time_s"] / 60 for c in r["curve"]]
         ax.plot(minutes, [c["bpd"] for c in r["curve"]], marker="o", label=r["name"])
-    ax.set_xlabel("training time (minutes)")
+    ax.set_xlabel("training time (minutes on the budget clock: wall or CPU, see title)")
     ax.set_ylabel("held-out BPD (curve subset)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
