@@ -181,7 +181,8 @@ def test_minutes_budget_stops_on_the_chosen_clock(tiny_data, clock):
     config = TrainConfig(minutes=1e-4, schedule="constant", clock=clock, batch_size=8, progress=False,
                          tensorboard=False)
     report = Trainer(tiny_glow(), config, device="cpu").fit(tiny_data)
-    # the budget (6 ms) is checked before every step: the run stops after the first step or few
-    assert 1 <= report["steps"] < 200 and report["clock"] == clock
+    # the budget (6 ms) is checked before every step: the run stops within a few steps (none at all when
+    # the machine is so loaded that 6 ms pass before the first check)
+    assert report["steps"] < 200 and report["clock"] == clock
     assert report["budget_time_s"] >= 0.006
 

@@ -3,7 +3,8 @@ against the candidates, on one torch thread, CPU seconds by ``time.process_time(
 
     PYTHONPATH=. python benchmarks/results/digits-main-job/digits_main_job.py NAME STEPS OUT.json
 
-Figures in this folder: ``old`` 2000 steps, ``res_a3`` 1000 and 2000 steps, ``res_a3_st`` 1000 steps (docs/benchmarks.md).
+Figures in this folder: ``old`` 2000 steps, ``res_a3`` 1000 and 2000 steps, ``res_a3_st`` 1000 steps
+(docs/benchmarks.md).
 """
 
 import json
