@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
+    "AsinhStretch": "flowplug.asinh",
     "CNF": "flowplug.cnf",
     "ConvODENet": "flowplug.cnf",
     "MLPODENet": "flowplug.cnf",
@@ -45,6 +46,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CNF",
     "MRCNF",
+    "AsinhStretch",
     "CheckpointError",
     "ConvODENet",
     "FlowModel",

@@ -105,6 +105,7 @@ def register(
 
 _BUILTIN_MODULES = (
     "flowplug.wavelet",
+    "flowplug.asinh",
     "flowplug.standardize",
     "flowplug.distributions",
     "flowplug.cnf",

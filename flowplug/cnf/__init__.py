@@ -1,7 +1,7 @@
 """Continuous normalizing flows on torchdiffeq: the :class:`CNF` component, ODE nets, solver
 settings.
 
-Importing this package registers ``"cnf"`` (kind ``"flow"``), ``"conv_odenet"`` and ``"mlp_odenet"``
+Importing this package registers ``"cnf"`` (kind ``"flow"``), ``"conv_odenet"``, ``"mlp_odenet"`` and ``"res_odenet"``
 (kind ``"net"``) in :mod:`flowplug.registry`.
 """
 
@@ -9,6 +9,7 @@ from flowplug.cnf.divergence import exact_divergence, hutchinson_divergence, sam
 from flowplug.cnf.flow import CNF, DIVERGENCES, NFECount
 from flowplug.cnf.nets import ACTIVATIONS, ConvODENet, MLPODENet
 from flowplug.cnf.regularization import RNODE
+from flowplug.cnf.resnet import ResODENet
 from flowplug.cnf.solver import FIXED_STEP_METHODS, ODESolverError, SolverSettings
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "MLPODENet",
     "NFECount",
     "ODESolverError",
+    "ResODENet",
     "SolverSettings",
     "exact_divergence",
     "hutchinson_divergence",

@@ -25,6 +25,7 @@ from normflows.flows import Flow
 from torch import nn
 
 from flowplug._checks import check_finite, check_floating, check_same_dtype_and_device
+from flowplug.cnf.coupling import COUPLINGS, ot_pairing, sample_times
 from flowplug.cnf.divergence import PROBES, exact_divergence, hutchinson_divergence, sample_probe
 from flowplug.cnf.flow_matching import straight_path
 from flowplug.cnf.regularization import RNODE
@@ -231,18 +232,29 @@ class CNF(Flow):
         *,
         sigma: float = 1e-4,
         generator: torch.Generator | None = None,
+        coupling: str = "independent",
+        time_sampling: str = "uniform",
+        time_options: dict | None = None,
     ) -> torch.Tensor:
         """Per-sample conditional flow-matching losses ``(B,)`` of the net on data ``x`` (no ODE solve).
 
         One time and one noise draw per sample on the straight path of :mod:`flowplug.cnf.flow_matching`;
         ``context`` is passed to the net as in the CNF's own solves; ``sigma`` (``0 ≤ σ < 1``) is the path's
-        blur at the data end.
+        blur at the data end. ``coupling`` (``"independent"`` or ``"ot"``: minibatch optimal transport) pairs
+        the batch's data with its noise draws; ``time_sampling`` (``"uniform"``, ``"logit_normal"``,
+        ``"power"``; options ``time_options``) draws the times -- see :mod:`flowplug.cnf.coupling`. The
+        defaults draw exactly as before these options existed.
         """
         if not 0.0 <= sigma < 1.0:
             raise ValueError(f"sigma must lie in [0, 1), got {sigma}")
+        if coupling not in COUPLINGS:
+            raise ValueError(f"unknown coupling {coupling!r}; choose one of {COUPLINGS}")
         self._check_inputs(x, context)
-        s = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        s = sample_times(time_sampling, x.shape[0], generator=generator, device=x.device, dtype=x.dtype,
+                         **(time_options or {}))
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if coupling == "ot":
+            noise = noise[ot_pairing(x, noise)]
         z, target = straight_path(x, noise, s, sigma, self.T)
         predicted = self.net(s * self.T, z, context=context)
         return (predicted - target).pow(2).flatten(1).mean(1)

@@ -66,15 +66,19 @@ class FlowModel(nn.Module, ABC):
     def initialize_from_data(self, v: torch.Tensor) -> None:
         """Data-dependent initialisation from a batch of training images; models without any do nothing."""
 
-    def level_flow_matching_losses(self, v: torch.Tensor, sigma: float = 1e-4) -> list[torch.Tensor]:
-        """Per-level mean flow-matching losses, for models whose flows are CNFs (see :class:`flowplug.MRCNF`)."""
+    def level_flow_matching_losses(
+        self, v: torch.Tensor, sigma: float = 1e-4, **options: Any
+    ) -> list[torch.Tensor]:
+        """Per-level mean flow-matching losses, for models whose flows are CNFs (see :class:`flowplug.MRCNF`);
+        ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to
+        :meth:`flowplug.CNF.flow_matching_loss`."""
         raise NotImplementedError(
             f"{type(self).__name__} has no flow-matching objective; train it by likelihood"
         )
 
-    def flow_matching_loss(self, v: torch.Tensor, sigma: float = 1e-4) -> torch.Tensor:
+    def flow_matching_loss(self, v: torch.Tensor, sigma: float = 1e-4, **options: Any) -> torch.Tensor:
         """The flow-matching objective: the sum over levels of :meth:`level_flow_matching_losses`."""
-        return torch.stack(self.level_flow_matching_losses(v, sigma)).sum()
+        return torch.stack(self.level_flow_matching_losses(v, sigma, **options)).sum()
 
     def set_trainable_levels(self, levels: Iterable[int] | None) -> None:
         """Train only ``levels`` and freeze the others (``None``: all); single-level models only accept ``None``."""

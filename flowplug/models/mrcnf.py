@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from flowplug._checks import check_floating
+from flowplug.asinh import AsinhStretch
 from flowplug.cnf import CNF, ConvODENet
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
 from flowplug.conditioning import ComposedFlow, run_inverse
@@ -86,14 +87,14 @@ class ResolutionLevel(ComposedFlow):
         self.standardize.initialize(prepared)
 
     def flow_matching_loss(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, sigma: float = 1e-4
+        self, x: torch.Tensor, context: torch.Tensor | None = None, sigma: float = 1e-4, **options: Any
     ) -> torch.Tensor:
         """Per-sample flow-matching loss of the level's CNF on its prepared tensor (the level must be one CNF)."""
         if len(self.flows) != 1 or not isinstance(self.flows[0], CNF):
             kinds = [type(f).__name__ for f in self.flows]
             raise ValueError(f"flow matching needs a level made of exactly one CNF, this level holds {kinds}")
         prepared, _ = run_inverse(self._preparation(), x)
-        return self.flows[0].flow_matching_loss(prepared, context, sigma=sigma)
+        return self.flows[0].flow_matching_loss(prepared, context, sigma=sigma, **options)
 
     def inverse_and_log_det(
         self, x: torch.Tensor, context: torch.Tensor | None = None
@@ -137,19 +138,33 @@ LEVEL_OPTIONS = ("cnfs_per_level", *NET_OPTIONS, *CNF_OPTIONS)
 
 
 def default_level_spec(
-    channels: int, context_channels: int, *, cnfs_per_level: int = 1, **options: Any
+    channels: int,
+    context_channels: int,
+    *,
+    cnfs_per_level: int = 1,
+    net: str = "conv_odenet",
+    net_options: Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
-    """The paper-like default of one level: ``cnfs_per_level`` conditional CNFs with conv ODE nets.
+    """The default of one level: ``cnfs_per_level`` conditional CNFs with ODE nets of type ``net``.
 
-    Each net sees the coarse image (``context_channels``) concatenated at its input and starts at zero (identity
-    flow). ``options`` go to the nets (:data:`NET_OPTIONS`) or the CNFs (:data:`CNF_OPTIONS`); what is not given
-    takes those classes' own defaults, except the solvers, which default to the presets
+    Each net is given the level's ``channels`` and ``context_channels`` (the coarse image it is conditioned on)
+    and starts at zero (identity flow). ``options`` go to the nets (:data:`NET_OPTIONS`, only for the default
+    ``net="conv_odenet"``) or the CNFs (:data:`CNF_OPTIONS`); ``net_options`` are further keyword arguments of the
+    net (any registered net, e.g. ``{"hidden_channels": 64, "num_blocks": 2}`` for ``"res_odenet"``). What is not
+    given takes those classes' own defaults, except the solvers, which default to the presets
     :data:`~flowplug.cnf.solver.DEFAULT_TRAIN_SOLVER` and :data:`~flowplug.cnf.solver.DEFAULT_EVAL_SOLVER`.
     """
     _check_level_options(options)
-    net = {"type": "conv_odenet", "channels": channels, "context_channels": context_channels,
-           **{k: v for k, v in options.items() if k in NET_OPTIONS}}
-    cnf: dict[str, Any] = {"type": "cnf", "net": net, **{k: v for k, v in options.items() if k in CNF_OPTIONS}}
+    conv_keys = [k for k in options if k in NET_OPTIONS]
+    if net != "conv_odenet" and conv_keys:
+        raise TypeError(
+            f"the level options {conv_keys} configure the default conv_odenet; give the options of net={net!r} "
+            "in net_options"
+        )
+    net_spec = {"type": net, "channels": channels, "context_channels": context_channels,
+                **{k: v for k, v in options.items() if k in NET_OPTIONS}, **dict(net_options or {})}
+    cnf: dict[str, Any] = {"type": "cnf", "net": net_spec, **{k: v for k, v in options.items() if k in CNF_OPTIONS}}
     for key, preset in (("train_solver", DEFAULT_TRAIN_SOLVER), ("eval_solver", DEFAULT_EVAL_SOLVER)):
         if cnf.get(key) is None:
             cnf[key] = preset.to_dict()
@@ -179,6 +194,14 @@ class MRCNF(FlowModel):
         standardize: give every level a per-channel :class:`~flowplug.standardize.Standardize` (after the
             logit at the coarsest level), initialised by :meth:`initialize_from_data` or from the first
             training batch, with its exact log-determinant.
+        net: registered name of the default levels' ODE net (``"conv_odenet"``; ``"res_odenet"``: residual blocks
+            with a time embedding and the context in every block, :class:`~flowplug.cnf.ResODENet`).
+        net_options: keyword arguments of that net, one dict for every level or a list of one dict (or ``None``)
+            per level, numbered like ``level_flows`` (0 = finest details), e.g.
+            ``[{"hidden_channels": 64, "num_blocks": 1}, {"hidden_channels": 64, "num_blocks": 2}]``.
+        detail_stretch: if given, every detail level first maps its coefficients through
+            :class:`~flowplug.asinh.AsinhStretch` of this scale (e.g. ``1/256``, the dequantisation width), with
+            its exact log-determinant: it widens the point mass that flat image regions put at 0.
 
     ``config`` is the registry spec that rebuilds this model (``None`` when a level was given as modules).
     """
@@ -191,6 +214,9 @@ class MRCNF(FlowModel):
         *,
         logit_alpha: float = 0.05,
         standardize: bool = True,
+        detail_stretch: float | None = None,
+        net: str = "conv_odenet",
+        net_options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
         **level_options: Any,
     ) -> None:
         super().__init__()
@@ -203,6 +229,7 @@ class MRCNF(FlowModel):
         if not 0 < logit_alpha < 0.5:
             raise ValueError(f"logit_alpha must lie in (0, 0.5), got {logit_alpha}")
         _check_level_options(level_options)
+        per_level_net = _per_level_net_options(net_options, levels)
         channels = self.image_shape[0]
         self.levels = nn.ModuleList()
         for s in range(levels):
@@ -210,9 +237,12 @@ class MRCNF(FlowModel):
             context_shape = None if s == levels - 1 else self.level_context_shape(s)
             given = None if level_flows is None else level_flows[s]
             if given is None:
-                given = default_level_spec(shape[0], 0 if context_shape is None else channels, **level_options)
+                given = default_level_spec(shape[0], 0 if context_shape is None else channels, net=net,
+                                           net_options=per_level_net[s], **level_options)
             flows = [build(item) if isinstance(item, (str, Mapping)) else item for item in given]
             preprocess = nf.transforms.Logit(alpha=logit_alpha) if s == levels - 1 else None
+            if preprocess is None and detail_stretch is not None:  # issue 11: point masses of flat regions
+                preprocess = AsinhStretch(detail_stretch)
             standardizer = Standardize(shape[0]) if standardize else None
             self.levels.append(ResolutionLevel(flows, shape, context_shape, preprocess, standardizer))
         rebuildable = level_flows is None or all(lf is None or _is_plain_spec(lf) for lf in level_flows)
@@ -227,6 +257,12 @@ class MRCNF(FlowModel):
                 **copy.deepcopy(level_options),
                 "logit_alpha": logit_alpha,
                 "standardize": standardize,
+                # written only when set, so configs of older versions (which lack them) rebuild unchanged
+                **({} if detail_stretch is None else {"detail_stretch": detail_stretch}),
+                **({} if net == "conv_odenet" else {"net": net}),
+                **({} if net_options is None else {"net_options": copy.deepcopy(
+                    dict(net_options) if isinstance(net_options, Mapping) else
+                    [None if o is None else dict(o) for o in net_options])}),
             }
             if rebuildable
             else None
@@ -304,10 +340,14 @@ class MRCNF(FlowModel):
         for level, (x, _) in zip(self.levels, self._level_inputs(v), strict=True):
             level.initialize_standardization(x, overwrite)
 
-    def level_flow_matching_losses(self, v: torch.Tensor, sigma: float = 1e-4) -> list[torch.Tensor]:
-        """Per-level mean flow-matching losses (each level must be one CNF); see :mod:`flowplug.cnf.flow_matching`."""
+    def level_flow_matching_losses(
+        self, v: torch.Tensor, sigma: float = 1e-4, **options: Any
+    ) -> list[torch.Tensor]:
+        """Per-level mean flow-matching losses (each level must be one CNF); see :mod:`flowplug.cnf.flow_matching`.
+        ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to
+        :meth:`flowplug.CNF.flow_matching_loss`."""
         return [
-            level.flow_matching_loss(x, context, sigma).mean()
+            level.flow_matching_loss(x, context, sigma, **options).mean()
             for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
         ]
 
@@ -409,6 +449,24 @@ class MRCNF(FlowModel):
             grown.levels[s + 1].load_state_dict(level.state_dict())
         grown.set_trainable_levels([0])
         return grown
+
+
+def _per_level_net_options(
+    net_options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None, levels: int
+) -> list[Mapping[str, Any] | None]:
+    """``net_options`` of every level: one mapping for all levels, or a list of one (or ``None``) per level."""
+    if net_options is None or isinstance(net_options, Mapping):
+        return [net_options] * levels
+    if isinstance(net_options, str) or not isinstance(net_options, Sequence):
+        raise TypeError(f"net_options must be a dict or a list of one dict per level, got {net_options!r}")
+    if len(net_options) != levels:
+        raise ValueError(f"net_options must hold one entry per level ({levels}), got {len(net_options)}")
+    for item in net_options:
+        if item is not None and not isinstance(item, Mapping):
+            raise TypeError(f"each level's net_options must be a dict or None, got {item!r}")
+        if isinstance(item, Mapping) and "type" in item:
+            raise TypeError("net_options hold the net's keyword arguments; name the net type with net=...")
+    return list(net_options)
 
 
 def _check_level_options(options: Mapping[str, Any]) -> None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from flowplug.train.objectives import objective_spec
 
-__all__ = ["PRECISIONS", "SCHEDULES", "TrainConfig", "lr_factor"]
+__all__ = ["CLOCKS", "PRECISIONS", "SCHEDULES", "TrainConfig", "budget_clock", "lr_factor"]
 
 PRECISIONS = ("auto", "float32", "float64", "bf16")
 SCHEDULES = ("cosine", "constant")
+CLOCKS = ("wall", "process")
 
 
 @dataclass
@@ -22,6 +24,10 @@ class TrainConfig:
     steps: int | None = None
     epochs: float | None = None
     minutes: float | None = None
+    clock: str = "wall"
+    """What ``minutes`` counts: ``"wall"`` (elapsed time) or ``"process"`` (CPU seconds of this process,
+    ``time.process_time()``, all its threads together), which keeps budgets equal between runs that share
+    the CPU cores with other work."""
     batch_size: int = 64
     """Images per optimiser step over all processes and accumulation micro-batches."""
     accumulation: int = 1
@@ -75,6 +81,8 @@ class TrainConfig:
             raise ValueError("give a training budget: steps, epochs or minutes")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.schedule == "cosine" and self.steps is None and self.epochs is None:
@@ -98,6 +106,15 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown trainer option(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+
+def budget_clock(clock: str) -> float:
+    """The current reading in seconds of the budget clock ``clock`` (one of :data:`CLOCKS`)."""
+    if clock == "process":
+        return time.process_time()
+    if clock == "wall":
+        return time.monotonic()
+    raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
 
 
 def lr_factor(config: TrainConfig, step: int, total_steps: int | None,

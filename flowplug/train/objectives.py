@@ -45,14 +45,26 @@ def likelihood(model: FlowModel, batch: Batch) -> tuple[torch.Tensor, dict[str, 
 
 @register("flow_matching", kind=_KIND)
 def flow_matching(
-    model: FlowModel, batch: Batch, *, sigma: float = 1e-4
+    model: FlowModel,
+    batch: Batch,
+    *,
+    sigma: float = 1e-4,
+    coupling: str = "independent",
+    time_sampling: str = "uniform",
+    time_options: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Conditional flow matching of the model's CNFs (see :mod:`flowplug.cnf.flow_matching`).
+
+    ``coupling`` (``"independent"`` or ``"ot"``, minibatch optimal transport) and ``time_sampling``
+    (``"uniform"``, ``"logit_normal"``, ``"power"``; options ``time_options``) choose how data and noise are
+    paired and the times drawn (:mod:`flowplug.cnf.coupling`); the defaults are the measured best
+    (``docs/benchmarks.md``, "What made the difference": OT and u² times did not help).
 
     No ODE is solved, so no likelihood is logged during training; evaluation still reports the
     exact-likelihood bits per dimension. Logs ``fm_loss`` and ``fm_level_<s>`` per level.
     """
-    terms = model.level_flow_matching_losses(batch.v, sigma=sigma)
+    terms = model.level_flow_matching_losses(batch.v, sigma=sigma, coupling=coupling,
+                                             time_sampling=time_sampling, time_options=time_options)
     loss = torch.stack(terms).sum()
     metrics = {f"fm_level_{s}": term.detach() for s, term in enumerate(terms)}
     return loss, {"fm_loss": loss.detach(), **metrics}

@@ -32,7 +32,7 @@ from flowplug.models.base import FlowModel
 from flowplug.train import distributed
 from flowplug.train.batches import NOISE, batches, make_batch, step_generator
 from flowplug.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng
-from flowplug.train.config import TrainConfig, lr_factor
+from flowplug.train.config import TrainConfig, budget_clock, lr_factor
 from flowplug.train.devices import autocast, resolve_device, resolve_precision
 from flowplug.train.distributed import rank_zero_only
 from flowplug.train.ema import make_ema
@@ -441,6 +441,7 @@ class Trainer:
             })
         start, start_step = time.monotonic(), self.step
         self._clock_start = start
+        self._budget_start = budget_clock(cfg.clock)
         progress = Progress(self._total_steps, self.step, cfg.progress)
         last: dict[str, float] = {}
         try:
@@ -463,7 +464,8 @@ class Trainer:
     def _budget_spent(self, start: float) -> bool:
         done = self._total_steps is not None and self.step >= self._total_steps
         if self.config.minutes is not None:
-            late = torch.tensor(float(time.monotonic() - start >= 60 * self.config.minutes))
+            spent = budget_clock(self.config.clock) - self._budget_start
+            late = torch.tensor(float(spent >= 60 * self.config.minutes))
             done = done or distributed.all_reduce_mean(late.to(self.device)).item() > 0
         return done
 
@@ -511,6 +513,8 @@ class Trainer:
             "steps_this_run": steps_run,
             "skipped_steps": self.skipped_steps,
             "train_time_s": round(elapsed, 3),
+            "clock": self.config.clock,
+            "budget_time_s": round(budget_clock(self.config.clock) - self._budget_start, 3),
             "steps_per_s": round(steps_run / elapsed, 3) if elapsed > 0 else None,
             "final_train_loss": last.get("loss"),
             "final_train_bpd": last.get("bpd"),

@@ -116,3 +116,19 @@ def test_combining_refuses_models_of_another_config(tiny_data, tmp_path):
     a, b = (next((tmp_path / n / "checkpoints").glob("step-*.pt")) for n in "ab")
     with pytest.raises(CheckpointError, match="holds a model of another config"):
         combine_level_checkpoints([(a, [0]), (b, [1])])
+
+
+def test_flow_matching_objective_takes_coupling_and_time_options(tiny_data):
+    torch.manual_seed(0)
+    model = flowplug.MRCNF((2, 4, 4), levels=2, net="res_odenet",
+                           net_options={"hidden_channels": 8},
+                           train_solver=SOLVER, eval_solver=SOLVER)
+    objective = {"type": "flow_matching", "sigma": 1e-4, "coupling": "ot", "time_sampling": "power",
+                 "time_options": {"power": 2.0}}
+    config = TrainConfig(steps=3, batch_size=8, objective=objective, progress=False, tensorboard=False)
+    report = Trainer(model, config, device="cpu").fit(tiny_data)
+    assert report["steps"] == 3 and config.objective["coupling"] == "ot"
+    with pytest.raises(ValueError, match="coupling"):
+        bad = TrainConfig(steps=1, batch_size=8, objective={"type": "flow_matching", "coupling": "sinkhorn"},
+                          progress=False, tensorboard=False)
+        Trainer(model, bad, device="cpu").fit(tiny_data)

@@ -132,6 +132,7 @@ def test_evaluate_matches_log_prob_and_levels_sum(tiny_data):
         ({"steps": 5, "precision": "half"}, "precision"),
         ({"steps": 5, "objective": "nope"}, "objective"),
         ({"steps": 5, "ema_decay": 1.0}, "ema_decay"),
+        ({"steps": 5, "clock": "cpu"}, "clock"),
     ],
 )
 def test_bad_config(options, match):
@@ -159,3 +160,15 @@ def test_device_selection():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu9")
+
+
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_minutes_budget_stops_on_the_chosen_clock(tiny_data, clock):
+    config = TrainConfig(minutes=1e-4, schedule="constant", clock=clock, batch_size=8, progress=False,
+                         tensorboard=False)
+    report = Trainer(tiny_glow(), config, device="cpu").fit(tiny_data)
+    # the budget (6 ms) is checked before every step: the run stops within a few steps (none at all when
+    # the machine is so loaded that 6 ms pass before the first check)
+    assert report["steps"] < 200 and report["clock"] == clock
+    assert report["budget_time_s"] >= 0.006
+

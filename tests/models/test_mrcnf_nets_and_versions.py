@@ -1,0 +1,85 @@
+"""Per-level nets (``net``/``net_options``), the detail stretch in configs, and configs of older versions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flowplug
+from flowplug.cnf import ConvODENet, ResODENet
+
+SOLVER = {"method": "rk4", "step_size": 0.5}
+
+# the default spec the code before issue 11 wrote into configs and checkpoints (MRCNF.config of
+# flowplug.build({"type": "mrcnf", "image_shape": [1, 8, 8], "levels": 3, "hidden_channels": 64}))
+OLD_DEFAULT_CONFIG = {
+    "type": "mrcnf", "image_shape": [1, 8, 8], "levels": 3, "level_flows": None,
+    "hidden_channels": 64, "logit_alpha": 0.05, "standardize": True,
+}
+
+
+def _nets(model):
+    return [level.flows[0].net for level in model.levels]
+
+
+def test_old_default_config_builds_the_conv_model_and_its_checkpoint_state_loads():
+    model = flowplug.build(OLD_DEFAULT_CONFIG)
+    assert all(type(net) is ConvODENet for net in _nets(model))
+    assert model.config == {**OLD_DEFAULT_CONFIG}  # nothing new is written for old options
+    assert sum(p.numel() for p in model.parameters()) == 123_718  # the old preset's size
+    state = {"model_config": model.config, "model": model.state_dict()}
+    rebuilt = flowplug.build(state["model_config"])
+    rebuilt.load_state_dict(state["model"])  # strict: the same modules and buffers
+
+
+def test_net_options_per_level_and_the_config_rebuilds():
+    options = [{"hidden_channels": 8, "num_blocks": 1}, {"hidden_channels": 16, "num_blocks": 2}]
+    model = flowplug.build({"type": "mrcnf", "image_shape": [1, 8, 8], "levels": 2, "net": "res_odenet",
+                            "net_options": options, "logit_alpha": 1e-3, "detail_stretch": 1 / 256,
+                            "train_solver": SOLVER, "eval_solver": SOLVER})
+    nets = _nets(model)
+    assert all(isinstance(net, ResODENet) for net in nets)
+    assert [net.input.out_channels for net in nets] == [8, 16]
+    assert model.config["net_options"] == options and model.config["detail_stretch"] == 1 / 256
+    rebuilt = flowplug.build(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    v = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.log_prob(v), model.log_prob(v))
+    shared = flowplug.MRCNF((1, 8, 8), levels=2, net="res_odenet", net_options={"hidden_channels": 8})
+    assert [net.input.out_channels for net in _nets(shared)] == [8, 8]
+
+
+def test_per_level_level_flows_through_build_keep_a_rebuildable_config():
+    cnf = {"type": "cnf", "net": {"type": "res_odenet", "channels": 1, "hidden_channels": 8},
+           "train_solver": SOLVER, "eval_solver": SOLVER}
+    spec = {"type": "mrcnf", "image_shape": [1, 4, 4], "levels": 1, "level_flows": [[cnf]]}
+    model = flowplug.build(spec)
+    assert model.config is not None
+    rebuilt = flowplug.build(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"net": "res_odenet", "num_layers": 2}, TypeError, "net_options"),
+        ({"net_options": [{"hidden_channels": 8}]}, ValueError, "one entry per level"),
+        ({"net_options": [{"type": "res_odenet"}, None]}, TypeError, "net="),
+        ({"net_options": "wide"}, TypeError, "net_options"),
+    ],
+)
+def test_bad_net_options(options, error, match):
+    with pytest.raises(error, match=match):
+        flowplug.MRCNF((1, 8, 8), levels=2, **options)
+
+
+def test_cli_default_job_builds_a_rebuildable_residual_model():
+    from flowplug.cli import PRESETS
+    from flowplug.train import TrainConfig
+
+    preset = PRESETS["mrcnf"]
+    model = flowplug.build({"type": "mrcnf", "image_shape": [1, 8, 8], **preset["model"]})
+    assert all(isinstance(net, ResODENet) for net in _nets(model))
+    flowplug.build(model.config).load_state_dict(model.state_dict())
+    TrainConfig.from_dict(preset["train"])
