@@ -81,6 +81,21 @@ def test_hflip_flips_about_half_and_only_mirrors():
             ValueError,
             "not a readable",
         ),
+        (
+            lambda p: np.savez(p / "hwc.npz", x=np.zeros((5, 8, 8, 3), np.uint8)) or p / "hwc.npz",
+            ValueError,
+            r"hwc.npz: 'x' has shape \(5, 8, 8, 3\), which looks like N×H×W×C",
+        ),
+        (
+            lambda p: np.savez(p / "nb.npz", x=np.zeros((2, 1, 4, 4), np.uint8), n_bins=[4, 4]) or p / "nb.npz",
+            ValueError,
+            r"nb.npz: key 'n_bins' must hold one integer, got an array of shape \(2,\)",
+        ),
+        (
+            lambda p: np.savez(p / "obj.npz", x=np.array([None, 1], dtype=object)) or p / "obj.npz",
+            ValueError,
+            r"obj.npz: key 'x' cannot be read \(Object arrays cannot be loaded",
+        ),
         (lambda p: (p / "a.txt").write_text("x") and p / "a.txt", ValueError, "neither"),
         (lambda p: (p / "empty").mkdir() or p / "empty", ValueError, "no image files"),
     ],

@@ -17,7 +17,7 @@ import torch
 
 from flowplug.train.distributed import rank_zero_only
 
-__all__ = ["MetricsLogger", "Progress", "save_image_grid", "write_report"]
+__all__ = ["MIN_GRID_SIDE", "MetricsLogger", "Progress", "grid_zoom", "save_image_grid", "write_report"]
 
 
 class MetricsLogger:
@@ -72,13 +72,25 @@ class Progress:
         self._bar.close()
 
 
+MIN_GRID_SIDE = 256
+"""Pixels a saved grid has at least on each side by default: small images are upscaled to be readable."""
+
+
+def grid_zoom(grid_height: int, grid_width: int) -> int:
+    """The smallest integer upscaling that makes a grid at least :data:`MIN_GRID_SIDE` pixels on each side."""
+    return max(1, math.ceil(MIN_GRID_SIDE / min(grid_height, grid_width)))
+
+
 @rank_zero_only
-def save_image_grid(v: torch.Tensor, path: Path, columns: int | None = None) -> None:
+def save_image_grid(v: torch.Tensor, path: Path, columns: int | None = None, zoom: int | None = None) -> None:
     """Save images ``v`` (``(N, C, H, W)``, values in ``[0, 1]``) as one PNG grid.
 
     One or three channels are grey or RGB pictures; other channel counts show each image's
-    channels stacked vertically in grey.
+    channels stacked vertically in grey. The grid is upscaled ``zoom`` times (nearest neighbour, so
+    pixels stay sharp squares); by default just enough for :data:`MIN_GRID_SIDE` pixels a side.
     """
+    if zoom is not None and (not isinstance(zoom, int) or isinstance(zoom, bool) or zoom < 1):
+        raise ValueError(f"zoom must be a positive integer, got {zoom!r}")
     from PIL import Image
 
     if v.shape[1] not in (1, 3):
@@ -91,6 +103,8 @@ def save_image_grid(v: torch.Tensor, path: Path, columns: int | None = None) -> 
     for i, image in enumerate(v.detach().float().cpu().clamp(0, 1)):
         top, left = pad + (i // columns) * (height + pad), pad + (i % columns) * (width + pad)
         grid[:, top:top + height, left:left + width] = image
+    zoom = zoom or grid_zoom(*grid.shape[1:])
+    grid = grid.repeat_interleave(zoom, dim=1).repeat_interleave(zoom, dim=2)
     pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
