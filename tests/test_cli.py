@@ -66,7 +66,7 @@ def test_python_dash_m(tmp_path):
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["train", "--model", "nope"], "unknown component 'nope'"),
+        (["train", "--model", "nope"], r"unknown component 'nope' \(`flowplug info` or"),
         (["train", "--model", "haar_squeeze"], "not a model"),
         (["train", "--model", "glow", "--data", "nowhere"], "unknown dataset 'nowhere'"),
         (["train", "--model", "glow", "--data", "missing.npz"], "does not exist"),

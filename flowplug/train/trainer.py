@@ -324,7 +324,8 @@ class Trainer:
         if self.folder is not None:
             self._logger = MetricsLogger(self.folder.root, cfg.tensorboard)
             self.folder.write_config({
-                "trainer": cfg.to_dict(), "model": self.model.config, "data": data_info,
+                "trainer": {**cfg.to_dict(), "tensorboard": self._logger.tensorboard},
+                "model": self.model.config, "data": data_info,
                 "device": str(self.device), "precision": self.precision, "processes": world,
             })
         start, start_step = time.monotonic(), self.step
