@@ -44,3 +44,9 @@ def test_the_usage_snippet_runs_verbatim(tmp_path):
     grid = Image.open(tmp_path / "runs" / "usage" / "digits.png")
     assert min(grid.size) >= 256
     assert (tmp_path / "runs" / "usage" / "report.txt").exists()
+
+
+def test_the_quick_start_shows_the_same_snippet():
+    quickstart = (README.parent / "docs" / "quickstart.md").read_text()
+    in_python = quickstart.split("\n## In Python\n", 1)[1]
+    assert re.search(r"```python\n(.*?)```", in_python, re.DOTALL).group(1) == usage_snippet(README.read_text())
