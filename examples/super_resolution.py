@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num", type=int, default=8, help="images to super-resolve (8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--zoom", type=int, default=4, help="enlarge the picture's pixels this much (4)")
+    parser.add_argument("--zoom", type=int, help="enlarge the picture's pixels this much "
+                        "(default: to at least 256 pixels a side)")
     parser.add_argument("--quick", action="store_true", help="a short training run (< 2 min on 2 CPUs)")
     parser.add_argument("--out", default="runs/examples/super_resolution", help="output folder")
     args = parser.parse_args(argv)
@@ -123,9 +124,8 @@ def main(argv: list[str] | None = None) -> None:
           f"its input")
 
     grid = torch.stack(rows, dim=1).flatten(0, 1)  # per image: coarse | T=0 | T=0.7 | original
-    grid = F.interpolate(grid, scale_factor=args.zoom, mode="nearest")
     path = out / "super_resolution.png"
-    save_image_grid(grid, path, columns=len(rows))
+    save_image_grid(grid, path, columns=len(rows), zoom=args.zoom)
     print(f"wrote {path} (columns: coarse upsampled | T={TEMPERATURES[0]} | T={TEMPERATURES[1]} | original)")
 
 

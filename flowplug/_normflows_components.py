@@ -8,12 +8,26 @@ first use, so the dependency runs one way.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 import normflows as nf
 
-__all__ = ["DISTRIBUTIONS", "FLOWS", "SOURCE"]
+__all__ = ["DISTRIBUTIONS", "FLOWS", "SOURCE", "torch_lu_deprecation_silenced"]
 
 SOURCE = "normflows"
 """The ``source`` the registry records for these entries."""
+
+
+@contextlib.contextmanager
+def torch_lu_deprecation_silenced() -> Iterator[None]:
+    """Hide PyTorch's ``torch.lu is deprecated`` warning, which normflows' ``Invertible1x1Conv`` (in every
+    ``GlowBlock``) triggers when built: the user cannot act on it. Only that warning, only inside the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.lu is deprecated", category=UserWarning,
+                                module=r"torch\._tensor")
+        yield
 
 
 def affine_coupling_block(

@@ -2,7 +2,8 @@
 
 ``flowplug train`` with no arguments trains the default model (MRCNF) on the embedded digits and
 writes a run folder under ``runs/``. Every bad name, path or option is reported before training
-starts, as ``flowplug: error: ...`` with exit status 2.
+starts, as ``flowplug: error: ...`` with exit status 2, as is a run stopped by non-finite values;
+``flowplug --debug ...`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def _model_spec(args: argparse.Namespace, data: ImageData) -> tuple[dict[str, An
         if not isinstance(config, dict) or "model" not in config:
             raise ValueError(f"config file {str(path)!r} needs a 'model' spec "
                              "(and optionally 'train' options)")
+        unknown = sorted(set(config) - {"model", "train"})
+        if unknown:
+            raise ValueError(f"config file {str(path)!r} has unknown top-level key(s) {unknown}; "
+                             "it holds 'model' and optionally 'train'")
         spec = config["model"] if isinstance(config["model"], dict) else {"type": config["model"]}
         train = config.get("train", {})
     else:
@@ -85,7 +90,28 @@ def _model_spec(args: argparse.Namespace, data: ImageData) -> tuple[dict[str, An
         raise ValueError(f"{info.name!r} is a {info.kind}, not a model; models: "
                          f"{', '.join(components('model'))}")
     spec.setdefault("image_shape", list(data.image_shape))
+    if list(spec["image_shape"]) != list(data.image_shape):
+        raise ValueError(f"the model spec is for images {tuple(spec['image_shape'])} (C, H, W) but {data.name} "
+                         f"has {data.image_shape}: {_shape_difference(spec['image_shape'], data.image_shape)}")
     return spec, train
+
+
+def _shape_difference(model: Sequence[int], data: Sequence[int]) -> str:
+    """What differs between a model's image shape and the data's, channels first."""
+    if model[0] != data[0]:
+        return f"{model[0]} channel(s) in the model, {data[0]} in the data"
+    return f"size {tuple(model[1:])} in the model, {tuple(data[1:])} in the data"
+
+
+def _check_out(path: Path, folder: bool) -> None:
+    """Refuse an output path that cannot be created: an existing file where a folder goes (``folder``), an
+    existing folder where a file goes, or a path under an existing file."""
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"--out {str(path)!r} is an existing {'file' if folder else 'folder'}; "
+                         f"name a {'folder' if folder else 'file'}")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out {str(path)!r} lies under {str(parent)!r}, which is a file")
 
 
 _TRAIN_FLAGS = ("steps", "epochs", "minutes", "batch_size", "accumulation", "lr", "ema_decay", "precision",
@@ -168,7 +194,11 @@ def _train(args: argparse.Namespace) -> int:
     train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
     torch.manual_seed(config.seed)
     model = build(spec)
+    if config.objective["type"] == "flow_matching" and not model.is_continuous:
+        raise ValueError(f"the flow_matching objective trains CNFs and {spec['type']} has none; "
+                         "train it with --objective likelihood")
     out = Path(args.out or f"runs/{spec['type']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_out(out, folder=True)
     if config.checkpoint_every is None:
         config.checkpoint_every = max(1, (config.steps or 1000) // 4)
     trainer = Trainer(model, config, out_dir=out, device=args.device)
@@ -188,11 +218,12 @@ def _restore(args: argparse.Namespace) -> tuple[Trainer, dict[str, Any]]:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else _samples_path(Path(args.checkpoint), args.temperature)
+    _check_out(out, folder=False)
     trainer, _ = _restore(args)
     torch.manual_seed(args.seed)
     v = trainer.sample(args.num, args.temperature)
-    out = Path(args.out or Path(args.checkpoint).with_suffix(".png"))
-    save_image_grid(v, out)
+    save_image_grid(v, out, zoom=args.zoom)
     print(f"wrote {args.num} samples (temperature {args.temperature}) to {out}")
     return 0
 
@@ -220,6 +251,13 @@ def _evaluation_data(args: argparse.Namespace, state: dict[str, Any]) -> ImageDa
         raise ValueError(f"--split {args.split} of {data.name} includes the images the checkpoint was trained "
                          "on; use --split held-out (its own held-out images)")
     return data
+
+
+def _samples_path(checkpoint: Path, temperature: float) -> Path:
+    """``<run>/samples/<checkpoint>-t<temperature>.png``: beside the run's own grids when the checkpoint lies in
+    a run folder's ``checkpoints/``, else a ``samples/`` folder beside the checkpoint."""
+    folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return folder / "samples" / f"{checkpoint.stem}-t{temperature:g}.png"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -255,6 +293,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowplug", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model and write a run folder")
@@ -290,7 +329,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "sample":
             command.add_argument("--num", type=int, default=64)
             command.add_argument("--temperature", type=float, default=1.0)
-            command.add_argument("--out", help="PNG path (default: beside the checkpoint)")
+            command.add_argument("--out", help="PNG path (default: <run>/samples/<checkpoint>-t<temperature>.png)")
+            command.add_argument("--zoom", type=int,
+                                 help="upscale the grid this many times (default: to at least 256 pixels a side)")
         else:
             command.add_argument("--data", default="digits")
             command.add_argument("--data-root")
@@ -309,14 +350,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_USER_ERRORS = (ValueError, TypeError, OSError, CheckpointError, NotImplementedError, FloatingPointError,
+                ODESolverError)
+"""What the command line reports as one ``flowplug: error: ...`` line (exit status 2): bad input, unreadable or
+unwritable paths, unsupported combinations, and runs stopped by non-finite values (``--debug`` shows the traceback)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 for a reported error)."""
     args = _parser().parse_args(argv)
     try:
         set_threads(args.threads)
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError, FloatingPointError,
-            ODESolverError) as error:
+    except _USER_ERRORS as error:
+        if args.debug:
+            raise
         print(f"flowplug: error: {error}", file=sys.stderr)
         return 2
 

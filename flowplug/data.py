@@ -9,7 +9,8 @@ Sources (:func:`load_dataset`):
 
 - ``"digits"`` (the default): embedded in the package, the UCI handwritten digits, 1,797 images
   of 1x8x8 with 17 levels (``n_bins=17``), CC BY 4.0 (see ``flowplug/datasets/README.txt``);
-- a ``.npz`` file with ``x`` (uint8, NxCxHxW) and optionally ``n_bins`` (default 256);
+- a ``.npz`` file with ``x`` (uint8, NxCxHxW) and optionally ``n_bins`` (default 256); an ``x`` that looks
+  channels-last (NxHxWxC: last axis 1 or 3, axis 1 not) is refused with the transpose to apply;
 - a folder of image files (PNG, JPEG, ... read with pillow), all of one size, as 8-bit RGB or,
   with ``channels=1``, grey;
 - ``"cifar10"`` / ``"mnist"`` through torchvision (when installed) under ``root``.
@@ -186,11 +187,34 @@ def load_npz(path: str | Path, *, n_bins: int | None = None, name: str | None = 
             raise ValueError(
                 f"{path}: an .npz dataset needs an array 'x', found {sorted(archive.files)}"
             )
-        x = archive["x"]
-        stored_bins = int(archive["n_bins"]) if "n_bins" in archive else None
+        x = _npz_array(archive, "x", path)
+        stored_bins = _npz_n_bins(archive, path) if "n_bins" in archive else None
     if x.dtype != np.uint8:
         raise TypeError(f"{path}: 'x' must have dtype uint8, got {x.dtype}")
+    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{path}: 'x' has shape {x.shape}, which looks like N×H×W×C (channels last); store it as N×C×H×W, "
+            "e.g. np.savez(path, x=x.transpose(0, 3, 1, 2))"
+        )
     return ImageData(torch.from_numpy(x), n_bins or stored_bins or 256, name or str(path))
+
+
+def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """``archive[key]``, or ``ValueError`` naming the file and the key (object arrays need pickle: refused)."""
+    try:
+        return archive[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: key {key!r} cannot be read ({error}); store plain numeric arrays") from None
+
+
+def _npz_n_bins(archive: np.lib.npyio.NpzFile, path: Path) -> int:
+    """The archive's ``n_bins``: a single integer, or ``ValueError`` naming the file and the key."""
+    value = _npz_array(archive, "n_bins", path)
+    if value.size != 1 or not np.issubdtype(value.dtype, np.integer):
+        raise ValueError(
+            f"{path}: key 'n_bins' must hold one integer, got an array of shape {value.shape} and dtype {value.dtype}"
+        )
+    return int(value.reshape(()))
 
 
 def load_image_folder(path: str | Path, *, channels: int = 3) -> ImageData:
@@ -224,7 +248,9 @@ def _torchvision(name: str, root: str | Path | None, train: bool) -> ImageData:
     try:
         import torchvision
     except ImportError:
-        raise ValueError(f"dataset {name!r} needs torchvision, which is not installed") from None
+        raise ValueError(
+            f"dataset {name!r} needs torchvision, which is not installed: pip install \"flowplug[vision]\""
+        ) from None
     if root is None:
         raise ValueError(
             f"dataset {name!r} needs a root folder holding torchvision's files (data_root=...)"

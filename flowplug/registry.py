@@ -180,7 +180,8 @@ def get_component(name: str, kind: str | None = None) -> ComponentInfo:
     candidates = components(kind)
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    known = f"registered {what}s: {', '.join(candidates)}" if kind else "flowplug.components() lists all"
+    everything = "`flowplug info` or flowplug.components() lists all"
+    known = f"registered {what}s: {', '.join(candidates)}" if kind else everything
     raise ValueError(f"unknown {what} {name!r}{hint} ({known}; {REGISTER_HINT})") from None
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from flowplug.cli import main
+from flowplug.cnf.solver import ODESolverError
+from flowplug.train import Trainer
 
 TRAIN = ["train", "--model", "realnvp", "--steps", "4", "--batch-size", "16", "--no-progress"]
 
@@ -64,7 +66,7 @@ def test_python_dash_m(tmp_path):
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["train", "--model", "nope"], "unknown component 'nope'"),
+        (["train", "--model", "nope"], r"unknown component 'nope' \(`flowplug info` or"),
         (["train", "--model", "haar_squeeze"], "not a model"),
         (["train", "--model", "glow", "--data", "nowhere"], "unknown dataset 'nowhere'"),
         (["train", "--model", "glow", "--data", "missing.npz"], "does not exist"),
@@ -75,14 +77,82 @@ def test_python_dash_m(tmp_path):
         (["train", "--model", "glow", "--steps", "2", "--batch-size", "4000"], "exceeds"),
         (["train", "--config", "missing.json"], "does not exist"),
         (["evaluate", "missing.pt"], "does not exist"),
+        (["train", "--levels", "-1"], r"level -1 does not exist; this model has levels 0\.\.2"),
+        (["train", "--config", "{extra}"], r"unknown top-level key\(s\) \['trian'\]"),
+        (["train", "--model", "glow", "--lr", "inf"], "lr must be a positive finite number, got inf"),
+        (["train", "--model", "glow", "--objective", "flow_matching"],
+         "the flow_matching objective trains CNFs and glow has none; train it with --objective likelihood"),
+        (["train", "--config", "{grey}", "--data", "{rgb}"],
+         r"1 channel\(s\) in the model, 3 in the data"),
+        (["train", "--data", "{hwc}"], "looks like N×H×W×C"),
+        (["train", "--data", "{bins}"], "bins.npz: key 'n_bins' must hold one integer"),
+        (["train", "--data", "{obj}"], "obj.npz: key 'x' cannot be read"),
     ],
 )
 def test_errors_before_training(args, match, tmp_path, capsys):
     np.savez(tmp_path / "float.npz", x=np.zeros((4, 1, 8, 8), np.float32))
     np.savez(tmp_path / "odd.npz", x=np.zeros((40, 1, 6, 6), np.uint8))
-    args = [a.format(float=tmp_path / "float.npz", odd=tmp_path / "odd.npz") for a in args]
+    np.savez(tmp_path / "rgb.npz", x=np.zeros((58, 3, 8, 8), np.uint8))
+    np.savez(tmp_path / "hwc.npz", x=np.zeros((40, 8, 8, 3), np.uint8))
+    np.savez(tmp_path / "bins.npz", x=np.zeros((40, 1, 8, 8), np.uint8), n_bins=np.array([17, 17]))
+    np.savez(tmp_path / "obj.npz", x=np.array([None], dtype=object))
+    (tmp_path / "extra.json").write_text(json.dumps({"model": "glow", "trian": {"steps": 2}}))
+    (tmp_path / "grey.json").write_text(json.dumps({"model": {"type": "glow", "image_shape": [1, 8, 8]},
+                                                    "train": {"steps": 2}}))
+    paths = {name: tmp_path / f"{name}.{'json' if name in ('extra', 'grey') else 'npz'}"
+             for name in ("float", "odd", "rgb", "hwc", "bins", "obj", "extra", "grey")}
+    args = [a.format(**paths) for a in args]
     assert main([*args, "--out", str(tmp_path / "out")] if args[0] == "train" else args) == 2
 
 
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_out_naming_a_file_or_a_path_under_one(where, tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    out = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowplug: error: --out")
+    assert ("existing file" if where == "file" else "which is a file") in err
+
+
+def test_sample_writes_beside_the_run_zooms_and_refuses_bad_counts(run_folder, tmp_path, capsys):
+    from PIL import Image
+
+    checkpoint = sorted((run_folder / "checkpoints").glob("step-*.pt"))[-1]
+    assert main(["sample", str(checkpoint), "--num", "4", "--temperature", "0.7", "--device", "cpu"]) == 0
+    default = run_folder / "samples" / f"{checkpoint.stem}-t0.7.png"
+    assert Image.open(default).size >= (256, 256)  # 2x2 grid of 8x8 digits, upscaled to stay readable
+    assert main(["sample", str(checkpoint), "--num", "4", "--zoom", "2", "--out", str(tmp_path / "z.png")]) == 0
+    assert Image.open(tmp_path / "z.png").size == (2 * 19, 2 * 19)  # 2 images of 8 + 3 pixels of padding
+    capsys.readouterr()
+    assert main(["sample", str(checkpoint), "--num", "-1", "--out", str(tmp_path / "n.png")]) == 2
+    assert "flowplug: error: num_samples must be a positive integer, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [FloatingPointError("non-finite loss at step 3"),
+                                   ODESolverError("the ODE solver failed")])
+def test_a_diverging_run_is_one_error_line(error, monkeypatch, tmp_path, capsys):
+    def diverge(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Trainer, "fit", diverge)
+    assert main([*TRAIN, "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"flowplug: error: {error}\n"
+    with pytest.raises(type(error)):
+        main(["--debug", *TRAIN, "--out", str(tmp_path / "run2")])
+
+
+def test_a_user_error_prints_no_traceback_unless_debug(tmp_path):
+    command = [sys.executable, "-m", "flowplug", "train", "--model", "glow", "--objective", "flow_matching",
+               "--out", str(tmp_path / "run")]
+    quiet = subprocess.run(command, capture_output=True, text=True)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.strip().splitlines() == [
+        "flowplug: error: the flow_matching objective trains CNFs and glow has none; "
+        "train it with --objective likelihood"]
+    loud = subprocess.run([command[0], "-m", "flowplug", "--debug", *command[3:]], capture_output=True, text=True)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr

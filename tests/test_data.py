@@ -3,6 +3,8 @@ input."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,21 @@ def test_hflip_flips_about_half_and_only_mirrors():
             ValueError,
             "not a readable",
         ),
+        (
+            lambda p: np.savez(p / "hwc.npz", x=np.zeros((5, 8, 8, 3), np.uint8)) or p / "hwc.npz",
+            ValueError,
+            r"hwc.npz: 'x' has shape \(5, 8, 8, 3\), which looks like N×H×W×C",
+        ),
+        (
+            lambda p: np.savez(p / "nb.npz", x=np.zeros((2, 1, 4, 4), np.uint8), n_bins=[4, 4]) or p / "nb.npz",
+            ValueError,
+            r"nb.npz: key 'n_bins' must hold one integer, got an array of shape \(2,\)",
+        ),
+        (
+            lambda p: np.savez(p / "obj.npz", x=np.array([None, 1], dtype=object)) or p / "obj.npz",
+            ValueError,
+            r"obj.npz: key 'x' cannot be read \(Object arrays cannot be loaded",
+        ),
         (lambda p: (p / "a.txt").write_text("x") and p / "a.txt", ValueError, "neither"),
         (lambda p: (p / "empty").mkdir() or p / "empty", ValueError, "no image files"),
     ],
@@ -113,3 +130,9 @@ def test_dequantize_never_reaches_one_in_low_precision():
 def test_dequantize_rejects_out_of_range_levels():
     with pytest.raises(ValueError, match=r"\[0, 16\] for n_bins=17, got range \[0.0, 17.0\]"):
         dequantize(torch.tensor([0, 17]), 17)
+
+
+def test_missing_torchvision_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed: importing it fails
+    with pytest.raises(ValueError, match=r'not installed: pip install "flowplug\[vision\]"'):
+        load_dataset("cifar10", root=".")

@@ -110,10 +110,20 @@ class FlowModel(nn.Module, ABC):
         return level_bits_per_dim(self.level_log_probs(v), self.num_dims)
 
     def check_input(self, v: torch.Tensor) -> None:
-        """Raise a ``ValueError``/``TypeError`` naming the problem unless ``v`` is a batch of this model's images."""
+        """Raise a ``ValueError``/``TypeError`` naming the problem unless ``v`` is a non-empty batch of this model's
+        images of its parameters' dtype."""
         check_floating(v, "v")
         if v.ndim != 4 or tuple(v.shape[1:]) != tuple(self.image_shape):
             raise ValueError(
                 f"{type(self).__name__} expects images of shape (B, {', '.join(map(str, self.image_shape))}), "
                 f"got {tuple(v.shape)}"
+            )
+        if v.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__} got an empty batch v of shape {tuple(v.shape)}; "
+                             "pass at least one image")
+        reference = next(self.parameters(), None)
+        if reference is not None and reference.dtype != v.dtype:
+            raise TypeError(
+                f"v is {v.dtype} but {type(self).__name__}'s parameters are {reference.dtype}; convert one to the "
+                f"other (v.to({reference.dtype}) or model.to({v.dtype}))"
             )

@@ -21,7 +21,8 @@ import normflows as nf
 import torch
 from torch import nn
 
-from flowplug._normflows_components import affine_coupling_block
+from flowplug._checks import check_num_samples
+from flowplug._normflows_components import affine_coupling_block, torch_lu_deprecation_silenced
 from flowplug.models.base import FlowModel, constructor_spec
 from flowplug.registry import register
 
@@ -97,8 +98,7 @@ class _MultiscaleModel(FlowModel):
     def sample(
         self, num_samples: int = 1, temperature: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        check_num_samples(num_samples)
         if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         return self.flow.sample(num_samples, temperature=temperature)
@@ -135,12 +135,13 @@ class Glow(_MultiscaleModel):
         config = constructor_spec("glow", Glow.__init__, locals())
 
         def level_flows(channels: int) -> list[nn.Module]:
-            blocks = [
-                nf.flows.GlowBlock(
-                    channels, hidden_channels, scale_map=scale_map, split_mode="channel"
-                )
-                for _ in range(depth)
-            ]
+            with torch_lu_deprecation_silenced():
+                blocks = [
+                    nf.flows.GlowBlock(
+                        channels, hidden_channels, scale_map=scale_map, split_mode="channel"
+                    )
+                    for _ in range(depth)
+                ]
             return [*blocks, nf.flows.Squeeze()]
 
         super().__init__(image_shape, levels, depth, alpha, config, level_flows)

@@ -71,12 +71,12 @@ class TrainConfig:
                      "keep_last", "max_bad_steps", "log_every", "eval_every", "sample_every",
                      "checkpoint_every", "likelihood_after"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("epochs", "minutes", "lr", "temperature", "grad_clip"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not 0 < value < math.inf):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if self.steps is None and self.epochs is None and self.minutes is None:
             raise ValueError("give a training budget: steps, epochs or minutes")
         if self.precision not in PRECISIONS:

@@ -18,7 +18,9 @@ import torch
 
 from flowplug.train.distributed import rank_zero_only
 
-__all__ = ["MetricsLogger", "Progress", "notify", "save_image_grid", "write_report"]
+__all__ = ["MIN_GRID_SIDE", "MetricsLogger", "Progress", "grid_zoom", "notify", "per_level_note", "save_image_grid",
+           "write_report"]
+
 
 
 @rank_zero_only
@@ -37,6 +39,8 @@ class MetricsLogger:
     def __init__(self, folder: Path, tensorboard: bool = True, after_step: int | None = None) -> None:
         self.path = folder / "metrics.csv"
         self._writer = None
+        self.tensorboard = tensorboard and importlib.util.find_spec("tensorboard") is not None
+        """Whether TensorBoard events are written (requested and installed)."""
         if rank_zero_only.rank != 0:
             return
         folder.mkdir(parents=True, exist_ok=True)
@@ -49,10 +53,13 @@ class MetricsLogger:
         if not self.path.exists():
             with self.path.open("w", newline="") as file:
                 csv.writer(file).writerow(["step", "elapsed_s", "split", "metric", "value"])
-        if tensorboard and importlib.util.find_spec("tensorboard") is not None:
+        if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(folder / "tensorboard"))
+        elif tensorboard:
+            print("flowplug: warning: TensorBoard logging was requested but the tensorboard package is not "
+                  "installed, so metrics go to metrics.csv only (pip install tensorboard)", file=sys.stderr)
 
     @rank_zero_only
     def log(self, step: int, elapsed: float, split: str, metrics: dict[str, float]) -> None:
@@ -88,13 +95,25 @@ class Progress:
         self._bar.close()
 
 
+MIN_GRID_SIDE = 256
+"""Pixels a saved grid has at least on each side by default: small images are upscaled to be readable."""
+
+
+def grid_zoom(grid_height: int, grid_width: int) -> int:
+    """The smallest integer upscaling that makes a grid at least :data:`MIN_GRID_SIDE` pixels on each side."""
+    return max(1, math.ceil(MIN_GRID_SIDE / min(grid_height, grid_width)))
+
+
 @rank_zero_only
-def save_image_grid(v: torch.Tensor, path: Path, columns: int | None = None) -> None:
+def save_image_grid(v: torch.Tensor, path: str | Path, columns: int | None = None, zoom: int | None = None) -> None:
     """Save images ``v`` (``(N, C, H, W)``, values in ``[0, 1]``) as one PNG grid.
 
     One or three channels are grey or RGB pictures; other channel counts show each image's
-    channels stacked vertically in grey.
+    channels stacked vertically in grey. The grid is upscaled ``zoom`` times (nearest neighbour, so
+    pixels stay sharp squares); by default just enough for :data:`MIN_GRID_SIDE` pixels a side.
     """
+    if zoom is not None and (not isinstance(zoom, int) or isinstance(zoom, bool) or zoom < 1):
+        raise ValueError(f"zoom must be a positive integer, got {zoom!r}")
     from PIL import Image
 
     if v.shape[1] not in (1, 3):
@@ -107,23 +126,40 @@ def save_image_grid(v: torch.Tensor, path: Path, columns: int | None = None) -> 
     for i, image in enumerate(v.detach().float().cpu().clamp(0, 1)):
         top, left = pad + (i // columns) * (height + pad), pad + (i % columns) * (width + pad)
         grid[:, top:top + height, left:left + width] = image
+    zoom = zoom or grid_zoom(*grid.shape[1:])
+    grid = grid.repeat_interleave(zoom, dim=1).repeat_interleave(zoom, dim=2)
     pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
 
 
 @rank_zero_only
 def write_report(report: dict[str, Any], folder: Path) -> None:
-    """``report.json`` and a readable ``report.txt`` in ``folder``."""
+    """``report.json`` and a readable ``report.txt`` in ``folder``.
+
+    ``report.txt`` leaves out values that do not apply (``None``, e.g. the training BPD under flow matching)
+    and explains the per-level bits per dimension in one line.
+    """
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = []
     for key, value in report.items():
         if isinstance(value, dict):
             lines.append(f"{key}:")
-            lines += [f"  {k}: {_fmt(v)}" for k, v in value.items()]
-        else:
+            lines += [f"  {k}: {_fmt(v)}" for k, v in value.items() if v is not None]
+            if "per_level_bpd" in value and "n_bins" in report.get("data", {}):
+                lines.append("  " + per_level_note(report["data"]["n_bins"]))
+        elif value is not None:
             lines.append(f"{key}: {_fmt(value)}")
     (folder / "report.txt").write_text("\n".join(lines) + "\n")
+
+
+def per_level_note(n_bins: int) -> str:
+    """One line on what ``per_level_bpd`` means, for data with ``n_bins`` levels."""
+    constant = math.log2(n_bins)
+    return (f"(per_level_bpd: each level's share of bpd after the constant log2(n_bins) = {constant:.4f} of "
+            f"the whole image; they sum to bpd - {constant:.4f}, and a level is negative where its density "
+            "exceeds 1, as for concentrated fine details)")
 
 
 def _fmt(value: Any) -> str:

@@ -1,5 +1,5 @@
 """The layout of a run folder, in one place: ``config.json``, ``metrics.csv`` and TensorBoard events,
-``samples/step-<step>.png``, ``checkpoints/`` (see :mod:`flowplug.train.rotation`) and ``report.json``/
+``samples/step-<step>-t<temperature>.png``, ``checkpoints/`` (see :mod:`flowplug.train.rotation`) and ``report.json``/
 ``report.txt``."""
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
-    def samples(self, step: int) -> Path:
-        """Where the image grid of ``step`` goes."""
-        return self.root / "samples" / f"step-{step:08d}.png"
+    def samples(self, step: int, temperature: float) -> Path:
+        """Where the image grid of ``step``, drawn at ``temperature``, goes."""
+        return self.root / "samples" / f"step-{step:08d}-t{temperature:g}.png"
 
     @rank_zero_only
     def write_config(self, config: dict[str, Any]) -> None:

@@ -411,6 +411,9 @@ class Trainer:
         parameter count.
         """
         cfg = self.config
+        if tuple(self.model.image_shape) != train.image_shape:
+            raise ValueError(f"the model expects images of shape {tuple(self.model.image_shape)}, "
+                             f"the data has {train.image_shape}")
         world = distributed.world_size()
         if cfg.batch_size % (world * cfg.accumulation):
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by processes x "
@@ -419,9 +422,6 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(train)} "
                              "training images")
-        if tuple(self.model.image_shape) != train.image_shape:
-            raise ValueError(f"the model expects images of shape {tuple(self.model.image_shape)}, "
-                             f"the data has {train.image_shape}")
         if cfg.epochs is not None:
             by_epochs = math.ceil(cfg.epochs * steps_per_epoch)
             self._total_steps = min(by_epochs, cfg.steps or by_epochs)
@@ -435,7 +435,8 @@ class Trainer:
             self._logger = MetricsLogger(self.folder.root, cfg.tensorboard,
                                          after_step=self.step if resume else None)
             self.folder.write_config({
-                "trainer": cfg.to_dict(), "model": self.model.config, "data": data_info,
+                "trainer": {**cfg.to_dict(), "tensorboard": self._logger.tensorboard},
+                "model": self.model.config, "data": data_info,
                 "device": str(self.device), "precision": self.precision, "processes": world,
                 "resumes": self.resumes,
             })
@@ -499,7 +500,7 @@ class Trainer:
 
     def _save_samples(self) -> None:
         v = self.sample(self.config.num_samples, self.config.temperature)
-        save_image_grid(v, self.folder.samples(self.step))
+        save_image_grid(v, self.folder.samples(self.step, self.config.temperature))
 
     def _report(self, last: dict[str, float], elapsed: float, steps_run: int,
                 val: ImageData | None, data_info: dict[str, Any]) -> dict[str, Any]:

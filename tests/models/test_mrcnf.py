@@ -59,9 +59,17 @@ def test_log_prob_is_sum_of_level_terms_and_bits_per_dim_adds_up(tiny_cnf_option
 def test_sample_round_trips_and_log_q_equals_log_prob(tiny_cnf_options):
     torch.manual_seed(0)
     model = perturb(MRCNF((1, 4, 4), levels=2, **tiny_cnf_options).double()).eval()
+    model.initialize_from_data(images(256, (1, 4, 4)) * 0.5 + 0.25)  # samples on the data's scale, as trained
     with torch.no_grad():
-        v, log_q = model.sample(5)
-        assert v.shape == (5, 1, 4, 4) and v.dtype == torch.float64
+        v, log_q = model.sample(64)
+        assert v.shape == (64, 1, 4, 4) and v.dtype == torch.float64
+        # Sampled details are unbounded, so a few samples leave [0, 1], where log_prob refuses them (the logit's
+        # domain); the identity holds on the samples inside it.
+        inside = ((v >= 0) & (v <= 1)).flatten(1).all(1)
+        assert 5 <= int(inside.sum()) < 64
+        with pytest.raises(ValueError, match=r"v must lie in \[0, 1\]"):
+            model.log_prob(v)
+        v, log_q = v[inside][:5], log_q[inside][:5]
         torch.testing.assert_close(log_q, model.log_prob(v), rtol=1e-6, atol=1e-6)
         latents, log_det = model.inverse_and_log_det(v)
         assert [z.shape for z in latents] == [(5, 3, 2, 2), (5, 1, 2, 2)]
@@ -189,10 +197,20 @@ def test_bad_input_errors(tiny_cnf_options):
     model = MRCNF((2, 4, 4), levels=2, **tiny_cnf_options)
     with pytest.raises(ValueError, match=r"expects images of shape \(B, 2, 4, 4\), got \(1, 3, 4, 4\)"):
         model.log_prob(torch.rand(1, 3, 4, 4))
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] for the logit preprocessing, got values in \[2, 2\]"):
+    with pytest.raises(ValueError, match=r"v must lie in \[0, 1\], got values in \[2, 2\]"):
         model.log_prob(torch.full((1, 2, 4, 4), 2.0))
     with pytest.raises(TypeError, match="floating-point dtype"):
         model.log_prob(torch.zeros(1, 2, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"v must lie in \[0, 1\], got values in \[-0.5, 1.5\]"):
+        model.log_prob(torch.full((1, 2, 4, 4), 0.5) + torch.tensor([[-1.0, 1.0], [1.0, -1.0]]).repeat(2, 2))
+    with pytest.raises(ValueError, match=r"empty batch v of shape \(0, 2, 4, 4\)"):
+        model.log_prob(torch.rand(0, 2, 4, 4))
+    with pytest.raises(TypeError, match=r"v is torch\.float64 but MRCNF's parameters are torch\.float32"):
+        model.log_prob(torch.rand(1, 2, 4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_samples must be a positive integer, got -3"):
+        model.sample(-3)
+    with pytest.raises(ValueError, match=r"level -1 does not exist; this model has levels 0..1"):
+        model.set_trainable_levels([-1])
     with pytest.raises(ValueError, match=r"with \(h, w\) one of \[\(2, 2\)\], got \(1, 2, 3, 3\)"):
         model.super_resolve(torch.rand(1, 2, 3, 3))
     solver = {"method": "rk4", "step_size": 0.5}

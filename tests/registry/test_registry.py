@@ -102,7 +102,8 @@ def test_nested_specs_are_built_first(scratch_registry):
 def test_unknown_name_suggests_close_ones():
     with pytest.raises(ValueError, match=r"unknown component 'glow_blok'; did you mean 'glow_block'"):
         flowplug.build({"type": "glow_blok"})
-    with pytest.raises(ValueError, match=r"unknown component 'zzz' \(flowplug.components\(\) lists all; "
+    with pytest.raises(ValueError, match=r"unknown component 'zzz' \(`flowplug info` or flowplug.components\(\) "
+                       r"lists all; "
                        r"a custom one must be registered .*flowplug.register"):
         flowplug.get_component("zzz")
 

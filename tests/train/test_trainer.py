@@ -133,6 +133,8 @@ def test_evaluate_matches_log_prob_and_levels_sum(tiny_data):
         ({"steps": 5, "objective": "nope"}, "objective"),
         ({"steps": 5, "ema_decay": 1.0}, "ema_decay"),
         ({"steps": 5, "clock": "cpu"}, "clock"),
+        ({"steps": 5, "lr": float("inf")}, "lr must be a positive finite number, got inf"),
+        ({"steps": True}, "steps must be a positive integer, got True"),
     ],
 )
 def test_bad_config(options, match):
@@ -148,6 +150,8 @@ def test_unknown_option_and_bad_runs(tiny_data):
     wrong = ImageData(torch.zeros(32, 1, 4, 4, dtype=torch.uint8), 4, "grey")
     with pytest.raises(ValueError, match="expects images of shape"):
         Trainer(tiny_glow(), TrainConfig(steps=1, batch_size=8), device="cpu").fit(wrong)
+    with pytest.raises(ValueError, match=r"expects images of shape \(2, 4, 4\), the data has \(1, 4, 4\)"):
+        Trainer(tiny_glow(), TrainConfig(steps=1, batch_size=64), device="cpu").fit(wrong)  # not "exceeds"
     with pytest.raises(TypeError, match="log_prob"):
         Trainer(torch.nn.Linear(2, 2), TrainConfig(steps=1))
 

@@ -1,0 +1,63 @@
+"""What a run leaves behind: readable sample grids, a report without empty lines, a notice for TensorBoard."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from train_helpers import tiny_glow
+
+from flowplug.train import TrainConfig, Trainer
+from flowplug.train.feedback import MetricsLogger, save_image_grid, write_report
+from flowplug.train.run_folder import RunFolder
+
+
+def test_grids_are_upscaled_by_nearest_neighbour_to_256_pixels(tmp_path):
+    v = torch.rand(4, 1, 8, 8)
+    save_image_grid(v, tmp_path / "g.png")
+    pixels = np.asarray(Image.open(tmp_path / "g.png"))
+    assert pixels.shape == (19 * 14, 19 * 14)  # 2x2 images of 8 + 3 pixels of padding, zoomed 14x to >= 256
+    first = pixels[14:14 * 9, 14:14 * 9]  # the first image: each pixel a sharp 14x14 square
+    assert (first == np.kron(first[::14, ::14], np.ones((14, 14), np.uint8))).all()
+    save_image_grid(v, str(tmp_path / "z.png"), zoom=1)
+    assert Image.open(tmp_path / "z.png").size == (19, 19)
+    with pytest.raises(ValueError, match="zoom must be a positive integer, got 0"):
+        save_image_grid(v, tmp_path / "bad.png", zoom=0)
+
+
+def test_sample_grids_name_their_temperature(tmp_path):
+    assert RunFolder(tmp_path).samples(500, 0.8).name == "step-00000500-t0.8.png"
+
+
+def test_report_txt_omits_missing_values_and_explains_per_level_bpd(tmp_path):
+    report = {"final_train_bpd": None, "steps": 3, "data": {"n_bins": 17},
+              "held_out": {"bpd": 2.9, "per_level_bpd": [-1.0, -0.5, 0.31], "nfe": None}}
+    write_report(report, tmp_path)
+    text = (tmp_path / "report.txt").read_text()
+    assert "None" not in text and "final_train_bpd" not in text and "nfe" not in text
+    note = [line for line in text.splitlines() if line.strip().startswith("(per_level_bpd")]
+    assert len(note) == 1 and f"log2(n_bins) = {math.log2(17):.4f}" in note[0] and "negative" in note[0]
+    assert json.loads((tmp_path / "report.json").read_text()) == report  # the JSON keeps every key
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_tensorboard_requested_but_missing_says_so_once(tmp_path, capsys):
+    logger = MetricsLogger(tmp_path, tensorboard=True)
+    assert not logger.tensorboard and not (tmp_path / "tensorboard").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "tensorboard package is not installed" in err[0]
+    MetricsLogger(tmp_path / "off", tensorboard=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_config_json_does_not_claim_tensorboard_it_could_not_write(tiny_data, tmp_path, capsys):
+    config = TrainConfig(steps=1, batch_size=16, progress=False, tensorboard=True)
+    Trainer(tiny_glow(), config, out_dir=tmp_path, device="cpu").fit(tiny_data)
+    assert json.loads((tmp_path / "config.json").read_text())["trainer"]["tensorboard"] is False
+    assert "tensorboard package is not installed" in capsys.readouterr().err
