@@ -285,6 +285,12 @@ def _standardize(shape: ImageShape) -> SearchStrategy:
     return st.just({"num_channels": shape[0]})
 
 
+def _asinh_stretch(shape: ImageShape) -> SearchStrategy:
+    del shape  # elementwise: any shape
+    # the sampling direction is scale·sinh(z / scale): scales of at least 1/4 keep it finite on the drawn inputs
+    return st.fixed_dictionaries({"scale": st.sampled_from([0.25, 0.5, 1.0])})
+
+
 def _is_squeeze(name: str) -> bool:
     return name in ("squeeze", "haar_squeeze")
 
@@ -299,6 +305,7 @@ _IMAGE_STEPS: dict[str, Callable[[ImageShape], SearchStrategy | None]] = {
     "haar_squeeze": _squeezing,
     "cnf": _cnf,
     "standardize": _standardize,
+    "asinh_stretch": _asinh_stretch,
 }
 """Image components that chain: each maps (C, H, W) to itself, except the squeezes: (4C, H/2, W/2)."""
 
@@ -441,6 +448,7 @@ def _register_builtin() -> None:
         "squeeze",
         "haar_squeeze",
         "standardize",
+        "asinh_stretch",
     ):
         register_component_strategy(name, _image_entry(name))
     register_component_strategy("cnf", _image_entry("cnf", channels=(1, 2), size=(2, 4)), tolerances=(1e-5, 1e-5))
