@@ -447,7 +447,7 @@ class Trainer:
         last: dict[str, float] = {}
         try:
             for x in batches(train, cfg.batch_size, cfg.seed, self.step):
-                if self._budget_spent(start):
+                if self._budget_spent():
                     break
                 last = self.train_step(self._batch(x, train.n_bins))
                 progress.update(last)
@@ -462,7 +462,7 @@ class Trainer:
             self._logger.close()
         return report
 
-    def _budget_spent(self, start: float) -> bool:
+    def _budget_spent(self) -> bool:
         done = self._total_steps is not None and self.step >= self._total_steps
         if self.config.minutes is not None:
             spent = budget_clock(self.config.clock) - self._budget_start
