@@ -67,41 +67,27 @@ def _time_per_sample(t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class _ODENet(nn.Module, ABC):
-    """The layer stack and input checks both nets share; subclasses say how time and shapes look."""
+class _ODENetInputs(nn.Module):
+    """Shape checks every built-in ODE net shares: ``z`` is ``(B, size)`` or, for image nets,
+    ``(B, size, H, W)``; ``context``, when the net was built with ``context_size > 0``, is ``z``'s batch
+    and spatial size with ``context_size`` channels/features."""
 
-    def __init__(
-        self, size: int, context_size: int, layers: list[nn.Module], activation: str
-    ) -> None:
+    def __init__(self, size: int, context_size: int, *, spatial: bool) -> None:
         super().__init__()
         self.size = size
         self.context_size = context_size
-        self.layers = nn.ModuleList(layers)
-        self.activation = _activation(activation)
-        nn.init.zeros_(self.layers[-1].weight)
-        nn.init.zeros_(self.layers[-1].bias)
+        self.spatial = spatial
 
     @property
     def needs_context(self) -> bool:
         """Whether the net was built with conditioning inputs (``context`` is then required)."""
         return self.context_size > 0
 
-    @abstractmethod
-    def _z_shape(self) -> str:
-        """``z``'s expected shape, for messages."""
-
-    @abstractmethod
-    def _context_shape(self, z: torch.Tensor) -> tuple[int, ...]:
-        """The context shape that goes with ``z``."""
-
-    @abstractmethod
-    def _time_input(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Per-sample times ``(B,)`` as one extra input feature/channel shaped like ``z``'s."""
-
     def _check(self, z: torch.Tensor, context: torch.Tensor | None) -> None:
         name = type(self).__name__
-        if z.ndim != len(self._z_shape().split(",")) or z.shape[1] != self.size:
-            raise ValueError(f"{name} expects z of shape {self._z_shape()}, got {tuple(z.shape)}")
+        z_shape = f"(B, {self.size}, H, W)" if self.spatial else f"(B, {self.size})"
+        if z.ndim != (4 if self.spatial else 2) or z.shape[1] != self.size:
+            raise ValueError(f"{name} expects z of shape {z_shape}, got {tuple(z.shape)}")
         if not self.needs_context:
             if context is not None:
                 raise ValueError(
@@ -109,7 +95,7 @@ class _ODENet(nn.Module, ABC):
                     f"{tuple(context.shape)}; build it with a context size to condition on it"
                 )
             return
-        expected = self._context_shape(z)
+        expected = (z.shape[0], self.context_size, *z.shape[2:])
         if context is None:
             raise ValueError(
                 f"{name} needs context of shape {expected} (for z of shape {tuple(z.shape)})"
@@ -119,6 +105,23 @@ class _ODENet(nn.Module, ABC):
                 f"{name}: context has shape {tuple(context.shape)}, expected {expected} "
                 f"for z of shape {tuple(z.shape)}"
             )
+
+
+class _ODENet(_ODENetInputs, ABC):
+    """The layer stack both plain nets share; subclasses say how the time enters."""
+
+    def __init__(
+        self, size: int, context_size: int, layers: list[nn.Module], activation: str, *, spatial: bool
+    ) -> None:
+        super().__init__(size, context_size, spatial=spatial)
+        self.layers = nn.ModuleList(layers)
+        self.activation = _activation(activation)
+        nn.init.zeros_(self.layers[-1].weight)
+        nn.init.zeros_(self.layers[-1].bias)
+
+    @abstractmethod
+    def _time_input(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-sample times ``(B,)`` as one extra input feature/channel shaped like ``z``'s."""
 
     def forward(
         self, t: torch.Tensor | float, z: torch.Tensor, context: torch.Tensor | None = None
@@ -179,19 +182,13 @@ class ConvODENet(_ODENet):
             nn.Conv2d(w_in, w_out, kernel_size, padding=kernel_size // 2)
             for w_in, w_out in _widths(channels, context_channels, hidden_channels, num_layers)
         ]
-        super().__init__(channels, context_channels, layers, activation)
+        super().__init__(channels, context_channels, layers, activation, spatial=True)
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
     def _layer_input(self, h: torch.Tensor) -> torch.Tensor:
         return h.contiguous(memory_format=torch.channels_last) if self.channels_last else h
-
-    def _z_shape(self) -> str:
-        return f"(B, {self.size}, H, W)"
-
-    def _context_shape(self, z: torch.Tensor) -> tuple[int, ...]:
-        return (z.shape[0], self.context_size, *z.shape[2:])
 
     def _time_input(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return t.view(-1, 1, 1, 1).expand(-1, 1, *z.shape[2:])
@@ -219,13 +216,7 @@ class MLPODENet(_ODENet):
             nn.Linear(w_in, w_out)
             for w_in, w_out in _widths(dim, context_dim, hidden_dim, num_layers)
         ]
-        super().__init__(dim, context_dim, layers, activation)
-
-    def _z_shape(self) -> str:
-        return f"(B, {self.size})"
-
-    def _context_shape(self, z: torch.Tensor) -> tuple[int, ...]:
-        return (z.shape[0], self.context_size)
+        super().__init__(dim, context_dim, layers, activation, spatial=False)
 
     def _time_input(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return t.unsqueeze(1)

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from flowplug.cnf.nets import _activation, _check_context_size, _check_sizes, _time_per_sample
+from flowplug.cnf.nets import _activation, _check_context_size, _check_sizes, _ODENetInputs, _time_per_sample
 from flowplug.registry import register
 
 __all__ = ["ResODENet", "sinusoidal_embedding"]
@@ -70,7 +70,7 @@ class _ResBlock(nn.Module):
         return h + r
 
 
-class ResODENet(nn.Module):
+class ResODENet(_ODENetInputs):
     """Residual conv ODE net for images ``(B, channels, H, W)``, optionally conditioned on
     ``(B, context_channels, H, W)``; see the module docstring.
 
@@ -89,14 +89,12 @@ class ResODENet(nn.Module):
         groups: int = 8,
         activation: str = "silu",
     ) -> None:
-        super().__init__()
         _check_sizes(channels=channels, hidden_channels=hidden_channels, num_blocks=num_blocks,
                      time_dim=time_dim, groups=groups)
         _check_context_size("context_channels", context_channels)
         if time_dim % 2:
             raise ValueError(f"time_dim must be even, got {time_dim}")
-        self.size = channels
-        self.context_size = context_channels
+        super().__init__(channels, context_channels, spatial=True)
         self.time_dim = time_dim
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), _activation(activation),
                                       nn.Linear(time_dim, time_dim))
@@ -109,23 +107,6 @@ class ResODENet(nn.Module):
         self.output = nn.Conv2d(hidden_channels, channels, 3, padding=1)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
-
-    @property
-    def needs_context(self) -> bool:
-        return self.context_size > 0
-
-    def _check(self, z: torch.Tensor, context: torch.Tensor | None) -> None:
-        if z.ndim != 4 or z.shape[1] != self.size:
-            raise ValueError(f"ResODENet expects z of shape (B, {self.size}, H, W), got {tuple(z.shape)}")
-        if not self.needs_context:
-            if context is not None:
-                raise ValueError("ResODENet was built without context inputs but got context of shape "
-                                 f"{tuple(context.shape)}")
-            return
-        expected = (z.shape[0], self.context_size, *z.shape[2:])
-        if context is None or tuple(context.shape) != expected:
-            got = None if context is None else tuple(context.shape)
-            raise ValueError(f"ResODENet needs context of shape {expected}, got {got}")
 
     def forward(
         self, t: torch.Tensor | float, z: torch.Tensor, context: torch.Tensor | None = None
