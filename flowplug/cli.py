@@ -274,8 +274,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _ood(args: argparse.Namespace) -> int:
-    from flowplug.ood import score_images, write_report
+    from flowplug.ood import check_report_dependencies, score_images, write_report
 
+    check_report_dependencies()
     if len(args.data) < 2:
         raise ValueError("flowplug ood needs two or more --data: the in-distribution set first, then the sets "
                          "to tell from it")
@@ -409,9 +410,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _USER_ERRORS = (ValueError, TypeError, OSError, CheckpointError, NotImplementedError, FloatingPointError,
-                ODESolverError)
+                ODESolverError, ImportError)
 """What the command line reports as one ``flowplug: error: ...`` line (exit status 2): bad input, unreadable or
-unwritable paths, unsupported combinations, and runs stopped by non-finite values (``--debug`` shows the traceback)."""
+unwritable paths, unsupported combinations, runs stopped by non-finite values, and a missing optional dependency
+(its message names the extra to install) (``--debug`` shows the traceback)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

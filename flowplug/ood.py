@@ -40,10 +40,33 @@ from flowplug.metrics import bits_per_dim, level_bits_per_dim
 from flowplug.models.base import FlowModel
 from flowplug.train.evaluation import evaluation_inputs
 
-__all__ = ["ImageScores", "auroc", "auroc_table", "cnf_trace", "plot_histograms", "score_images",
-           "write_report"]
+__all__ = ["ImageScores", "auroc", "auroc_table", "check_report_dependencies", "cnf_trace", "plot_histograms",
+           "score_images", "write_report"]
 
-_EXTRA_HINT = "pip install 'flowplug[ood]'"
+
+def check_report_dependencies() -> None:
+    """Raise ``ImportError`` naming the extra to install when scipy (AUROC) or matplotlib (histograms) is
+    missing, e.g. before minutes of scoring whose report could not be written."""
+    _scipy_mannwhitneyu()
+    _pyplot()
+
+
+def _scipy_mannwhitneyu() -> Any:
+    try:
+        from scipy.stats import mannwhitneyu
+    except ImportError:
+        raise ImportError("the AUROC needs scipy: pip install 'flowplug[ood]'") from None
+    return mannwhitneyu
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the histograms need matplotlib: pip install 'flowplug[ood]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 @dataclass(frozen=True)
@@ -134,10 +157,7 @@ def score_images(
 def auroc(reference: np.ndarray, other: np.ndarray) -> float:
     """Area under the ROC curve of telling ``other`` from ``reference`` by a higher score: P(other > reference),
     ties counted half; scipy's Mann-Whitney U of ``other`` over ``len(reference) · len(other)``."""
-    try:
-        from scipy.stats import mannwhitneyu
-    except ImportError:
-        raise ImportError(f"the AUROC needs scipy: {_EXTRA_HINT}") from None
+    mannwhitneyu = _scipy_mannwhitneyu()
     reference, other = np.asarray(reference, dtype=float), np.asarray(other, dtype=float)
     if reference.ndim != 1 or other.ndim != 1 or not len(reference) or not len(other):
         raise ValueError("AUROC needs two non-empty one-dimensional score arrays")
@@ -175,12 +195,7 @@ def _markdown(sets: Sequence[ImageScores], table: list[dict[str, Any]]) -> str:
 
 def plot_histograms(sets: Sequence[ImageScores], path: str | Path, bins: int = 50) -> None:
     """One panel per score, the sets' per-image score histograms overlaid (densities), saved as a PNG."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError(f"the histograms need matplotlib: {_EXTRA_HINT}") from None
+    plt = _pyplot()
     names = list(sets[0].scores)
     figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -71,3 +72,11 @@ def test_ood_refuses_bad_input(which, extra, match, checkpoints, tmp_path, capsy
     assert main(["ood", checkpoints[which], "--max-images", "2", *extra, "--device", "cpu",
                  "--out", str(tmp_path / "ood")]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_a_missing_optional_dependency_is_one_error_line_before_scoring(checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["ood", checkpoints["mrcnf"], "--data", "digits", "--data", npz(tmp_path / "b.npz"),
+                 "--out", str(tmp_path / "ood")]) == 2
+    assert "the histograms need matplotlib: pip install 'flowplug[ood]'" in capsys.readouterr().err
+    assert not (tmp_path / "ood").exists()
