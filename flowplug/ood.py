@@ -74,7 +74,8 @@ class ImageScores:
     """Per-image scores of one data set: ``scores[name]`` is an array ``(N,)`` of bits per dimension.
 
     ``probe_sd[name]`` (Hutchinson with two or more probes) is each image's standard deviation of a one-probe
-    score; ``image_shape`` is the scored images' ``(C, H, W)``.
+    score, estimated from its probes (with Bessel's correction; from two probes it is ``|a - b| / √2``);
+    ``image_shape`` is the scored images' ``(C, H, W)``.
     """
 
     name: str
@@ -150,7 +151,7 @@ def score_images(
         if not np.isfinite(values).all():
             raise FloatingPointError(f"{data.name}: {int((~np.isfinite(values)).sum())} image(s) have a "
                                      f"non-finite {name}")
-    probe_sd = {name: values.std(0).numpy() for name, values in per_probe.items()} if probes > 1 else {}
+    probe_sd = {name: values.std(0, correction=1).numpy() for name, values in per_probe.items()} if probes > 1 else {}
     return ImageScores(data.name, data.image_shape, scores, probe_sd)
 
 
@@ -214,7 +215,8 @@ def plot_histograms(sets: Sequence[ImageScores], path: str | Path, bins: int = 5
 def write_report(sets: Sequence[ImageScores], out: str | Path, info: dict[str, Any] | None = None) -> str:
     """Write ``scores.csv`` (one row per image), ``summary.json``, ``auroc.md`` and ``histograms.png`` into the
     folder ``out``; ``sets[0]`` is the reference set. Returns the markdown table. ``info`` (e.g. the checkpoint
-    and settings) goes into the summary as it is."""
+    and settings) goes into the summary as it is; with probes, the summary gives each set's root-mean-square
+    one-probe standard deviation per score (the mean of ``K`` probes has ``1/√K`` of it)."""
     if len(sets) < 2:
         raise ValueError("OOD scores compare a reference set with at least one other set")
     table = auroc_table(sets[0], sets[1:])
@@ -233,7 +235,7 @@ def write_report(sets: Sequence[ImageScores], out: str | Path, info: dict[str, A
         **(info or {}),
         "sets": [{"name": s.name, "num_images": len(s),
                   "mean": {n: float(s.scores[n].mean()) for n in names},
-                  **({"median_one_probe_sd": {n: float(np.median(s.probe_sd[n])) for n in names}}
+                  **({"rms_one_probe_sd": {n: float(np.sqrt(np.mean(s.probe_sd[n] ** 2))) for n in names}}
                      if s.probe_sd else {})} for s in sets],
         "auroc": table,
     }

@@ -135,3 +135,15 @@ def test_sets_of_different_image_shapes_or_scores_are_refused():
         auroc_table(grey, [ImageScores("b", (1, 4, 4), {**scores, "level0_bpd": np.zeros(2)})])
     with pytest.raises(ValueError, match="at least one other set"):
         write_report([grey], "unused")
+
+
+def test_the_summary_gives_the_root_mean_square_one_probe_deviation(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = ImageScores("a", (1, 4, 4), {"bpd": np.array([1.0, 2.0])}, {"bpd": np.array([0.3, 0.4])})
+    b = ImageScores("b", (1, 4, 4), {"bpd": np.array([3.0])}, {"bpd": np.array([0.1])})
+    write_report([a, b], tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["rms_one_probe_sd"]["bpd"] for s in summary["sets"]] == pytest.approx([math.sqrt(0.125), 0.1])
+    assert summary["auroc"][0]["auroc"] == {"bpd": 1.0}
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert [r["bpd_probe_sd"] for r in rows] == ["0.300000", "0.400000", "0.100000"]
