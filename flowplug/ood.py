@@ -198,16 +198,16 @@ def plot_histograms(sets: Sequence[ImageScores], path: str | Path, bins: int = 5
     """One panel per score, the sets' per-image score histograms overlaid (densities), saved as a PNG."""
     plt = _pyplot()
     names = list(sets[0].scores)
-    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
         values = np.concatenate([s.scores[name] for s in sets])
         edges = np.histogram_bin_edges(values, bins=bins)
-        for s in sets:
-            axis.hist(s.scores[name], bins=edges, density=True, alpha=0.5, label=f"{s.name} ({len(s)})")
+        for s in sets:  # a set named by a path is labelled by its last part
+            axis.hist(s.scores[name], bins=edges, density=True, alpha=0.5, label=f"{Path(s.name).name} ({len(s)})")
         axis.set_xlabel(f"{name} (bits/dim)")
         axis.set_yticks([])
-    axes[0][0].legend(fontsize="small")
-    figure.tight_layout()
+    figure.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=len(sets), fontsize="small")
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
