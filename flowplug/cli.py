@@ -293,7 +293,7 @@ def _ood(args: argparse.Namespace) -> int:
         sets = [d if len(d) <= args.max_images else
                 ImageData(d.x[:args.max_images], d.n_bins, f"{d.name}[:{args.max_images}]", d.origin) for d in sets]
     seed = args.score_seed if args.score_seed is not None else trainer.config.seed
-    batch_size = args.batch_size or trainer.config.eval_batch_size
+    batch_size = args.batch_size if args.batch_size is not None else trainer.config.eval_batch_size
     scores = [score_images(trainer.eval_model(), d, per_level=args.per_level, trace=args.trace,
                            probes=args.probes, seed=seed, batch_size=batch_size, dtype=trainer.dtype,
                            device=trainer.device) for d in sets]

@@ -123,8 +123,9 @@ def score_images(
     """
     if trace not in DIVERGENCES:
         raise ValueError(f"unknown trace {trace!r}; expected one of {DIVERGENCES}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be a positive integer, got {probes!r}")
+    for name, value in (("probes", probes), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if trace == "exact" and probes != 1:
         raise ValueError("probes average Hutchinson estimates; the exact trace takes probes=1")
     if len(data) == 0:

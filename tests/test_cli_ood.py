@@ -62,6 +62,7 @@ def test_ood_scores_two_sets_per_level(checkpoints, tmp_path, capsys):
     ("mrcnf", ["--data", "digits", "--split", "all", "--data", "OTHER", "--split", "all"],
      "includes the images the checkpoint was trained on"),
     ("mrcnf", ["--data", "digits", "--data", "OTHER", "--max-images", "0"], "--max-images must be a positive"),
+    ("mrcnf", ["--data", "digits", "--data", "OTHER", "--batch-size", "0"], "batch_size must be a positive"),
     ("realnvp", ["--data", "digits", "--data", "OTHER", "--per-level"],
      "per-level scores need a multi-resolution model"),
 ])

@@ -119,6 +119,7 @@ def test_per_level_scores_need_a_multi_resolution_model():
 @pytest.mark.parametrize(("options", "match"), [
     ({"trace": "exact", "probes": 2}, "the exact trace takes probes=1"),
     ({"probes": 0}, "probes must be a positive integer"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
     ({"trace": "diagonal"}, "unknown trace"),
 ])
 def test_bad_scoring_options(options, match):
