@@ -1,4 +1,4 @@
-"""The ``flowplug`` command: ``train``, ``sample``, ``evaluate`` and ``info``.
+"""The ``flowplug`` command: ``train``, ``sample``, ``evaluate``, ``ood`` and ``info``.
 
 ``flowplug train`` with no arguments trains the default model (MRCNF) on the embedded digits and
 writes a run folder under ``runs/``. Every bad name, path or option is reported before training
@@ -232,13 +232,14 @@ _SEPARATE_TEST_SETS = ("cifar10", "mnist")
 """Datasets whose ``--split test`` is a separate set; for the others it is the training data itself."""
 
 
-def _evaluation_data(args: argparse.Namespace, state: dict[str, Any]) -> ImageData:
-    """The ``--split`` of ``--data`` to score; by default the checkpoint's own held-out images. A split
-    that would score images the checkpoint was trained on as held out is refused."""
-    data = load_dataset(args.data, root=args.data_root, train=args.split != "test")
+def _evaluation_data(args: argparse.Namespace, state: dict[str, Any], name: str, split: str) -> ImageData:
+    """The ``split`` of data set ``name`` to score with the checkpoint ``state``; ``held-out`` is the checkpoint's
+    own held-out images. A split that would score images the checkpoint was trained on as held out is refused, as
+    are images of another shape or ``n_bins`` than the checkpoint's model."""
+    data = load_dataset(name, root=args.data_root, train=split != "test")
     trained = state["data"].get("split")
     same = trained is not None and trained["of"] == data.name
-    if args.split in ("held-out", "train"):
+    if split in ("held-out", "train"):
         stored = trained if same else {"holdout": 0.1, "seed": 0}
         holdout = args.holdout if args.holdout is not None else stored["holdout"]
         seed = args.seed if args.seed is not None else stored["seed"]
@@ -246,10 +247,14 @@ def _evaluation_data(args: argparse.Namespace, state: dict[str, Any]) -> ImageDa
             raise ValueError(f"the checkpoint was trained on {data.name} with --holdout {trained['holdout']} "
                              f"--seed {trained['seed']}; another split would score its training images as "
                              "held out (leave --holdout and --seed out to use its own)")
-        return data.split(holdout, seed=seed)[args.split == "held-out"]
-    if same and (args.split == "all" or data.name not in _SEPARATE_TEST_SETS):
-        raise ValueError(f"--split {args.split} of {data.name} includes the images the checkpoint was trained "
+        data = data.split(holdout, seed=seed)[split == "held-out"]
+    elif same and (split == "all" or data.name not in _SEPARATE_TEST_SETS):
+        raise ValueError(f"--split {split} of {data.name} includes the images the checkpoint was trained "
                          "on; use --split held-out (its own held-out images)")
+    expected = tuple(state["data"]["image_shape"]), state["data"]["n_bins"]
+    if (data.image_shape, data.n_bins) != expected:
+        raise ValueError(f"the checkpoint's model is for images {expected[0]} with n_bins="
+                         f"{expected[1]}; {data.name} has {data.image_shape}, n_bins={data.n_bins}")
     return data
 
 
@@ -262,13 +267,40 @@ def _samples_path(checkpoint: Path, temperature: float) -> Path:
 
 def _evaluate(args: argparse.Namespace) -> int:
     trainer, state = _restore(args)
-    data = _evaluation_data(args, state)
-    expected = tuple(state["data"]["image_shape"]), state["data"]["n_bins"]
-    if (data.image_shape, data.n_bins) != expected:
-        raise ValueError(f"the checkpoint's model is for images {expected[0]} with n_bins="
-                         f"{expected[1]}; {data.name} has {data.image_shape}, n_bins={data.n_bins}")
+    data = _evaluation_data(args, state, args.data, args.split)
     result = trainer.evaluate(data)
     print(json.dumps({"data": data.name, "step": state["step"], **result}, indent=2))
+    return 0
+
+
+def _ood(args: argparse.Namespace) -> int:
+    from flowplug.ood import check_report_dependencies, score_images, write_report
+
+    check_report_dependencies()
+    if len(args.data) < 2:
+        raise ValueError("flowplug ood needs two or more --data: the in-distribution set first, then the sets "
+                         "to tell from it")
+    if args.split is not None and len(args.split) != len(args.data):
+        raise ValueError(f"give --split once per --data ({len(args.data)} times) or not at all")
+    splits = args.split or ["held-out"] + ["all"] * (len(args.data) - 1)
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
+    out = Path(args.out)
+    _check_out(out, folder=True)
+    trainer, state = _restore(args)
+    sets = [_evaluation_data(args, state, name, split) for name, split in zip(args.data, splits, strict=True)]
+    if args.max_images is not None:
+        sets = [d if len(d) <= args.max_images else
+                ImageData(d.x[:args.max_images], d.n_bins, f"{d.name}[:{args.max_images}]", d.origin) for d in sets]
+    seed = args.score_seed if args.score_seed is not None else trainer.config.seed
+    batch_size = args.batch_size if args.batch_size is not None else trainer.config.eval_batch_size
+    scores = [score_images(trainer.eval_model(), d, per_level=args.per_level, trace=args.trace,
+                           probes=args.probes, seed=seed, batch_size=batch_size, dtype=trainer.dtype,
+                           device=trainer.device) for d in sets]
+    info = {"checkpoint": str(args.checkpoint), "step": state["step"], "trace": args.trace,
+            "probes": args.probes, "seed": seed, "batch_size": batch_size, "splits": splits}
+    print(write_report(scores, out, info))
+    print(f"wrote scores.csv, summary.json, auroc.md and histograms.png to {out}")
     return 0
 
 
@@ -318,7 +350,9 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     for name, run, text in (("sample", _sample, "save a PNG grid of samples from a checkpoint"),
-                            ("evaluate", _evaluate, "BPD of a checkpoint on a dataset")):
+                            ("evaluate", _evaluate, "BPD of a checkpoint on a dataset"),
+                            ("ood", _ood, "out-of-distribution scores: per-image BPD of data sets (overall "
+                                          "and per level), their AUROC against the first, histograms")):
         command = commands.add_parser(name, help=text)
         command.add_argument("checkpoint")
         command.add_argument("--device", default="auto")
@@ -332,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--out", help="PNG path (default: <run>/samples/<checkpoint>-t<temperature>.png)")
             command.add_argument("--zoom", type=int,
                                  help="upscale the grid this many times (default: to at least 256 pixels a side)")
-        else:
+        elif name == "evaluate":
             command.add_argument("--data", default="digits")
             command.add_argument("--data-root")
             command.add_argument("--split", default="held-out",
@@ -342,6 +376,31 @@ def _parser() -> argparse.ArgumentParser:
                                       "(splits holding training images are refused)")
             command.add_argument("--holdout", type=float,
                                  help="held-out fraction (default: the checkpoint's)")
+        else:
+            command.add_argument("--data", action="append", required=True,
+                                 help="a data set to score, given two or more times: the in-distribution set "
+                                      "first (the reference), then the sets to tell from it")
+            command.add_argument("--data-root")
+            command.add_argument("--split", action="append", choices=("held-out", "train", "all", "test"),
+                                 help="once per --data (default: held-out for the first, all for the others); "
+                                      "as for evaluate, splits holding training images are refused")
+            command.add_argument("--holdout", type=float,
+                                 help="held-out fraction (default: the checkpoint's)")
+            command.add_argument("--max-images", type=int, metavar="N",
+                                 help="score only the first N images of each set")
+            command.add_argument("--per-level", action="store_true",
+                                 help="also score each level's share of the BPD (multi-resolution models)")
+            command.add_argument("--trace", default="hutchinson", choices=("hutchinson", "exact"),
+                                 help="CNF trace: hutchinson (default; averaged over --probes) or exact "
+                                      "(D products per evaluation for D dimensions: slow, memory-hungry)")
+            command.add_argument("--probes", type=int, default=1,
+                                 help="Hutchinson probes averaged per image (default 1)")
+            command.add_argument("--score-seed", type=int,
+                                 help="seed of the dequantisation noise and probes (default: the checkpoint's)")
+            command.add_argument("--batch-size", type=int,
+                                 help="images per solve (default: the checkpoint's eval batch size)")
+            command.add_argument("--out", required=True,
+                                 help="folder for scores.csv, summary.json, auroc.md, histograms.png")
 
     for command in commands.choices.values():
         command.add_argument("--threads", type=int, metavar="N",
@@ -351,9 +410,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _USER_ERRORS = (ValueError, TypeError, OSError, CheckpointError, NotImplementedError, FloatingPointError,
-                ODESolverError)
+                ODESolverError, ImportError)
 """What the command line reports as one ``flowplug: error: ...`` line (exit status 2): bad input, unreadable or
-unwritable paths, unsupported combinations, and runs stopped by non-finite values (``--debug`` shows the traceback)."""
+unwritable paths, unsupported combinations, runs stopped by non-finite values, and a missing optional dependency
+(its message names the extra to install) (``--debug`` shows the traceback)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,3 +67,17 @@ def test_property_test_custom_flow() -> None:
     out = run_example("property_test_custom_flow.py", "--quick")
     assert out.count("PASS ") == 3
     assert "all 3 properties hold" in out
+
+
+def test_ood_mnist_fashion_on_any_grey_npz(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", x=rng.integers(0, 256, size=(60, 1, 8, 8), dtype=np.uint8))
+    out = run_example("ood_mnist_fashion.py", "--quick", "--mnist", str(tmp_path / "a.npz"),
+                      "--fashion", str(tmp_path / "b.npz"), "--out", str(tmp_path / "ood"))
+    for folder, sizes in (("mnist-vs-fashion", [6, 50]), ("fashion-vs-mnist", [15, 50])):
+        summary = json.loads((tmp_path / "ood" / folder / "summary.json").read_text())
+        assert [s["num_images"] for s in summary["sets"]] == sizes
+        assert set(summary["auroc"][0]["auroc"]) == {"bpd", "level0_bpd", "level1_bpd"}
+        assert (tmp_path / "ood" / folder / "histograms.png").stat().st_size > 0
+    assert out.count("| level1_bpd |") == 2

@@ -18,13 +18,18 @@ from flowplug.metrics import bits_per_dim, level_bits_per_dim
 from flowplug.models.base import FlowModel
 from flowplug.train import distributed
 
-__all__ = ["count_nfe", "evaluate"]
+__all__ = ["count_nfe", "evaluate", "evaluation_inputs"]
 
 
 def count_nfe(model: nn.Module) -> int | None:
     """Sum of ``last_nfe`` over the model's modules (CNF function evaluations), None if none."""
     counts = [m.last_nfe for m in model.modules() if getattr(m, "last_nfe", None) is not None]
     return int(sum(counts)) if counts else None
+
+
+def evaluation_inputs(data: ImageData, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The dequantised images ``v`` every evaluation of ``data`` with ``seed`` scores (the same noise each time)."""
+    return dequantize(data.x, data.n_bins, generator=torch.Generator().manual_seed(seed + 2**31), dtype=dtype)
 
 
 @torch.no_grad()
@@ -46,9 +51,7 @@ def evaluate(
     """
     device = torch.device(device)
     model.eval()
-    generator = torch.Generator().manual_seed(seed + 2**31)
-    noise = dequantize(data.x, data.n_bins, generator=generator, dtype=dtype)
-    mine = noise[distributed.rank()::distributed.world_size()]
+    mine = evaluation_inputs(data, seed, dtype)[distributed.rank()::distributed.world_size()]
     sums, nfes = None, []
     with torch.random.fork_rng(devices=[]), autocast or contextlib.nullcontext():
         torch.manual_seed(seed)

@@ -1,0 +1,150 @@
+"""Out-of-distribution scores (flowplug.ood): per-image BPD overall and per level, AUROC, the written report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowplug import MRCNF
+from flowplug.cnf import CNF
+from flowplug.data import ImageData
+from flowplug.ood import ImageScores, auroc, auroc_table, cnf_trace, score_images, write_report
+from flowplug.train.evaluation import evaluate, evaluation_inputs
+
+SOLVER = {"method": "rk4", "step_size": 0.5}
+
+
+def tiny_model(levels: int = 2) -> MRCNF:
+    """A 1×4×4 MRCNF with conv nets 4 wide, a fixed-step solver and Hutchinson traces, perturbed from identity."""
+    torch.manual_seed(0)
+    model = MRCNF((1, 4, 4), levels=levels, hidden_channels=4, num_layers=2, train_solver=SOLVER,
+                  eval_solver=SOLVER).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def tiny_data(n: int, seed: int, name: str, shape: tuple[int, ...] = (1, 4, 4)) -> ImageData:
+    x = torch.randint(0, 4, (n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return ImageData(x, 4, name)
+
+
+def test_exact_scores_are_the_models_per_image_bits_per_dim_and_levels_add_up():
+    model, data = tiny_model(), tiny_data(3, 0, "a")
+    scores = score_images(model, data, per_level=True, trace="exact", dtype=torch.float64, batch_size=2)
+    assert list(scores.scores) == ["bpd", "level0_bpd", "level1_bpd"] and scores.probe_sd == {}
+    with cnf_trace(model, "exact"), torch.no_grad():
+        terms = model.level_log_probs(evaluation_inputs(data, 0, torch.float64))
+    expected = [(-t / (16 * math.log(2))).numpy() for t in terms]
+    np.testing.assert_allclose(scores.scores["level0_bpd"], expected[0], rtol=1e-12)
+    np.testing.assert_allclose(scores.scores["level1_bpd"], expected[1], rtol=1e-12)
+    np.testing.assert_allclose(scores.scores["bpd"], expected[0] + expected[1] + 2.0, rtol=1e-12)
+
+
+def test_one_probe_scores_average_to_evaluate_and_are_reproducible_by_seed():
+    model, data = tiny_model(), tiny_data(6, 1, "a")
+    scores = score_images(model, data, seed=3, dtype=torch.float64, batch_size=4)
+    result = evaluate(model, data, seed=3, dtype=torch.float64, batch_size=4)
+    assert scores.scores["bpd"].mean() == pytest.approx(result["bpd"], rel=1e-12)
+    again = score_images(model, data, seed=3, dtype=torch.float64, batch_size=4)
+    np.testing.assert_array_equal(again.scores["bpd"], scores.scores["bpd"])
+    other = score_images(model, data, seed=4, dtype=torch.float64, batch_size=4)
+    assert not np.array_equal(other.scores["bpd"], scores.scores["bpd"])
+
+
+def test_probes_average_hutchinson_solves_and_record_their_spread():
+    model, data = tiny_model(), tiny_data(4, 2, "a")
+    scores = score_images(model, data, per_level=True, probes=3, dtype=torch.float64)
+    assert set(scores.probe_sd) == set(scores.scores) and (scores.probe_sd["bpd"] > 0).all()
+    exact = score_images(model, data, per_level=True, trace="exact", dtype=torch.float64)
+    # the probes' mean lies within a few of its standard errors of the exact score
+    error = np.abs(scores.scores["bpd"] - exact.scores["bpd"])
+    assert (error <= 5 * scores.probe_sd["bpd"] / math.sqrt(3) + 1e-9).all()
+
+
+def test_cnf_trace_sets_and_restores_every_cnfs_evaluation_trace():
+    model = tiny_model()
+    cnfs = [m for m in model.modules() if isinstance(m, CNF)]
+    with cnf_trace(model, "exact"):
+        assert {m.eval_divergence for m in cnfs} == {"exact"}
+    assert {m.eval_divergence for m in cnfs} == {"hutchinson"}
+    with pytest.raises(ValueError, match="unknown trace 'diagonal'"):
+        with cnf_trace(model, "diagonal"):
+            pass
+
+
+def test_auroc_is_the_probability_that_the_other_set_scores_higher():
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0  # reported as is, not flipped
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=7), rng.normal(0.5, size=5)
+    pairs = [(x < y) + 0.5 * (x == y) for x in a for y in b]
+    assert auroc(a, b) == pytest.approx(sum(pairs) / len(pairs), rel=1e-12)
+    with pytest.raises(ValueError, match="non-empty"):
+        auroc(a, np.array([]))
+
+
+def test_a_two_image_table_and_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = tiny_model()
+    sets = [score_images(model, tiny_data(2, seed, name), per_level=True, dtype=torch.float64)
+            for seed, name in ((0, "a"), (1, "b"))]
+    markdown = write_report(sets, tmp_path, {"checkpoint": "x.pt"})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["checkpoint"] == "x.pt" and [s["num_images"] for s in summary["sets"]] == [2, 2]
+    table = summary["auroc"][0]
+    assert (table["reference"], table["other"]) == ("a", "b")
+    assert set(table["auroc"]) == {"bpd", "level0_bpd", "level1_bpd"}
+    assert all(value in (0.0, 0.25, 0.5, 0.75, 1.0) for value in table["auroc"].values())  # 2 × 2 pairs
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert [(r["data"], r["index"]) for r in rows] == [("a", "0"), ("a", "1"), ("b", "0"), ("b", "1")]
+    assert float(rows[2]["level1_bpd"]) == pytest.approx(sets[1].scores["level1_bpd"][0], abs=1e-6)
+    assert "| level0_bpd |" in markdown and (tmp_path / "auroc.md").read_text() == markdown
+    assert (tmp_path / "histograms.png").stat().st_size > 0
+
+
+def test_per_level_scores_need_a_multi_resolution_model():
+    with pytest.raises(ValueError, match="per-level scores need a multi-resolution model"):
+        score_images(tiny_model(levels=1), tiny_data(2, 0, "a"), per_level=True, dtype=torch.float64)
+    assert list(score_images(tiny_model(levels=1), tiny_data(2, 0, "a"), dtype=torch.float64).scores) == ["bpd"]
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"trace": "exact", "probes": 2}, "the exact trace takes probes=1"),
+    ({"probes": 0}, "probes must be a positive integer"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"trace": "diagonal"}, "unknown trace"),
+])
+def test_bad_scoring_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        score_images(tiny_model(), tiny_data(2, 0, "a"), **options)
+
+
+def test_sets_of_different_image_shapes_or_scores_are_refused():
+    scores = {"bpd": np.zeros(2)}
+    grey, colour = ImageScores("grey", (1, 4, 4), scores), ImageScores("colour", (3, 4, 4), scores)
+    with pytest.raises(ValueError, match=r"colour has images \(3, 4, 4\) and grey \(1, 4, 4\)"):
+        auroc_table(grey, [colour])
+    with pytest.raises(ValueError, match="scored differently"):
+        auroc_table(grey, [ImageScores("b", (1, 4, 4), {**scores, "level0_bpd": np.zeros(2)})])
+    with pytest.raises(ValueError, match="at least one other set"):
+        write_report([grey], "unused")
+
+
+def test_the_summary_gives_the_root_mean_square_one_probe_deviation(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = ImageScores("a", (1, 4, 4), {"bpd": np.array([1.0, 2.0])}, {"bpd": np.array([0.3, 0.4])})
+    b = ImageScores("b", (1, 4, 4), {"bpd": np.array([3.0])}, {"bpd": np.array([0.1])})
+    write_report([a, b], tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["rms_one_probe_sd"]["bpd"] for s in summary["sets"]] == pytest.approx([math.sqrt(0.125), 0.1])
+    assert summary["auroc"][0]["auroc"] == {"bpd": 1.0}
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert [r["bpd_probe_sd"] for r in rows] == ["0.300000", "0.400000", "0.100000"]
