@@ -8,10 +8,12 @@ images, and the last stage's samples are kept. The commands, for the default siz
     python -m flowplug train --grow-from OUT/stage-32 --data D/64-train.npz --minutes M2 --batch-size B2 \\
         --out OUT/stage-64 ...
     python -m flowplug train --grow-from OUT/stage-64 --data D/128-train.npz ... --out OUT/stage-128 ...
-    python -m flowplug evaluate OUT/stage-S/checkpoints/step-*.pt --data D/S-held-out.npz --split all
+    python -m flowplug evaluate OUT/stage-S/checkpoints/step-*.pt --data D/S-held-out[-N].npz --split all
 
-(``...``: ``--clock process --threads T --holdout 0.02 --eval-every 1000000 --num-samples 16 --seed 0
---no-progress``; the grown stages keep their old levels frozen, as the paper does, unless ``--fine-tune``).
+(``...``: ``--holdout H --clock process --threads T --eval-every 1000000 --num-samples 16 --seed 0
+--no-progress``; the grown stages keep their old levels frozen, as the paper does, unless ``--fine-tune``). The
+128×128 stage is scored on the first 32 held-out crops only (``--held-out-images``): its exact likelihood costs
+several CPU-seconds per image.
 
 **Data: one set of images at every size.** The images are the training and held-out crops of
 ``load_dataset("crops128")`` (scikit-image's photographs, held-out crops from disjoint image regions); the

@@ -2,10 +2,10 @@
 
 :func:`load_parent` reads a trained :class:`~flowplug.models.mrcnf.MRCNF` from a checkpoint (or the run folder
 holding it), checks that the new data are exactly twice its images' size with the same channels and ``n_bins``,
-and returns it with a record of it; :meth:`MRCNF.grow` then adds the finer level. The trainer keeps that
-record in the grown run's checkpoints, ``config.json`` and report, and a resumed run carries it on, so every
-model says which checkpoint (path, step, content hash, per-level config) its old levels came from, and the
-parent's own record names its parent in turn.
+and returns it with a record of it; :meth:`~flowplug.models.mrcnf.MRCNF.grow` then adds the finer level. The
+trainer keeps that record in the grown run's checkpoints, ``config.json`` and report, and a resumed run carries
+it on, so every model says which checkpoint (path, step, content hash, per-level config) its old levels came
+from, and the parent's own record names its parent in turn.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def load_parent(
     source: str | Path, data: ImageData, *, use_ema: bool = True
 ) -> tuple[MRCNF, dict[str, Any]]:
     """The trained model of checkpoint ``source`` (see :func:`parent_checkpoint`), checked to grow onto
-    ``data``, and the record of it that the grown run keeps; grow it with :meth:`MRCNF.grow`.
+    ``data``, and the record of it that the grown run keeps; grow it with :meth:`flowplug.models.mrcnf.MRCNF.grow`.
 
     The model takes the checkpoint's EMA weights (the ones its evaluations scored) when ``use_ema`` and it has
     them, in their dtype. ``data`` must hold images of exactly twice the parent's height and width, with its

@@ -79,7 +79,7 @@ class Trainer:
     ``out_dir`` (optional) receives the run folder (:class:`~flowplug.train.run_folder.RunFolder`).
     ``device`` is ``"auto"``, ``"cpu"``, ``"cuda[:i]"`` or ``"mps"``; under ``torchrun`` each process joins
     the process group and takes its own GPU. ``parent`` is the record of the checkpoint a grown model came from
-    (:func:`flowplug.train.growth.grow_from_checkpoint`); it is written into the run's checkpoints,
+    (:func:`flowplug.train.load_parent`); it is written into the run's checkpoints,
     ``config.json`` and report, and a resume restores it from the checkpoint.
     """
 
