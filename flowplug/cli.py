@@ -26,11 +26,17 @@ from flowplug.data import DATASET_NAMES, ImageData, load_dataset
 from flowplug.registry import KINDS, build, components, get_component
 from flowplug.threads import THREADS_ENV, WAIT_POLICY_ENV, set_threads
 from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, distributed, load_checkpoint, objectives
-from flowplug.train.config import PRECISIONS
+from flowplug.train.config import CLOCKS, PRECISIONS
 from flowplug.train.feedback import save_image_grid
+from flowplug.train.growth import load_parent
 from flowplug.train.rotation import load_latest
 
-__all__ = ["PRESETS", "main"]
+__all__ = ["DEFAULT_MODEL", "OLD_LEVELS", "PRESETS", "main"]
+
+DEFAULT_MODEL = "mrcnf"
+OLD_LEVELS = ("frozen", "fine-tune")
+"""``flowplug train --grow-from ... --old-levels``: keep the parent's levels fixed (as the paper does) or train
+them together with the new finest level."""
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Flow matching trains the CNF levels without ODE solves; evaluation is exact likelihood.
@@ -63,9 +69,23 @@ def _level_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"levels must be comma-separated integers, got {text!r}") from None
 
 
-def _model_spec(args: argparse.Namespace, data: ImageData) -> tuple[dict[str, Any], dict]:
-    """The model spec and the trainer options the model or config file brings."""
-    if args.config is not None:
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of net options, got {text!r}")
+    return value
+
+
+def _model_spec(args: argparse.Namespace, data: ImageData,
+                resumed: dict[str, Any] | None) -> tuple[dict[str, Any], dict]:
+    """The model spec and the trainer options the model or config file brings; a resume without
+    ``--model`` or ``--config`` rebuilds the checkpoint's own model (a grown one too)."""
+    if resumed is not None and args.model is None and args.config is None:
+        spec, train = dict(resumed["model_config"]), {}
+    elif args.config is not None:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -83,8 +103,9 @@ def _model_spec(args: argparse.Namespace, data: ImageData) -> tuple[dict[str, An
         spec = config["model"] if isinstance(config["model"], dict) else {"type": config["model"]}
         train = config.get("train", {})
     else:
-        preset = PRESETS.get(args.model, {"model": {}, "train": {}})
-        spec, train = {"type": args.model, **preset["model"]}, dict(preset["train"])
+        name = args.model or DEFAULT_MODEL
+        preset = PRESETS.get(name, {"model": {}, "train": {}})
+        spec, train = {"type": name, **preset["model"]}, dict(preset["train"])
     info = get_component(spec.get("type", ""))
     if info.kind != "model":
         raise ValueError(f"{info.name!r} is a {info.kind}, not a model; models: "
@@ -114,7 +135,7 @@ def _check_out(path: Path, folder: bool) -> None:
             raise ValueError(f"--out {str(path)!r} lies under {str(parent)!r}, which is a file")
 
 
-_TRAIN_FLAGS = ("steps", "epochs", "minutes", "batch_size", "accumulation", "lr", "ema_decay", "precision",
+_TRAIN_FLAGS = ("steps", "epochs", "minutes", "clock", "batch_size", "accumulation", "lr", "ema_decay", "precision",
                 "seed", "objective", "likelihood_after", "trainable_levels", "hflip", "eval_every",
                 "sample_every", "checkpoint_every", "num_samples", "temperature")
 """The :class:`TrainConfig` fields ``flowplug train`` offers as flags (``--batch-size`` for ``batch_size``); a
@@ -126,6 +147,7 @@ _FLAG_HELP = {
     "likelihood_after": "switch to likelihood fine-tuning from this step on",
     "trainable_levels": "train only these levels of a multi-level model (e.g. 0,1)",
     "hflip": "random left-right flips",
+    "clock": "what --minutes counts: wall (elapsed) or process (this process's CPU seconds, for shared machines)",
 }
 
 
@@ -142,7 +164,7 @@ def _flag_type(name: str) -> Any:
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    choices = {"precision": PRECISIONS, "objective": objectives()}
+    choices = {"precision": PRECISIONS, "objective": objectives(), "clock": CLOCKS}
     for name in _TRAIN_FLAGS:
         flag = "--" + _FLAG_NAMES.get(name, name).replace("_", "-")
         kind = _flag_type(name)
@@ -182,10 +204,42 @@ def _resumed_state(args: argparse.Namespace) -> dict[str, Any] | None:
     return found[1] if found is not None else None
 
 
+def _check_growth_flags(args: argparse.Namespace) -> None:
+    """The flags that go with ``--grow-from``, and those that do not."""
+    if args.grow_from is None:
+        if args.old_levels is not None or args.new_level_net_options is not None:
+            raise ValueError("--old-levels and --new-level-net-options apply to --grow-from")
+        return
+    if args.resume:
+        raise ValueError("--grow-from starts a new run from a trained model; continue a grown run with "
+                         "--resume alone")
+    if args.trainable_levels is not None:
+        raise ValueError("--levels cannot be combined with --grow-from, where --old-levels chooses the trained "
+                         "levels (frozen: only the new level 0; fine-tune: all)")
+
+
+def _parent(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """``--grow-from``: the parent model, its record and the trainer options the grown run starts from (the
+    parent run's, except its schedule when the flags give a budget, with the levels ``--old-levels`` trains)."""
+    model, parent = load_parent(args.grow_from, data)
+    dropped = {"trainable_levels", "progress", "checkpoint_every"}
+    if any(getattr(args, key) is not None for key in ("steps", "epochs", "minutes")):
+        dropped.add("schedule")  # the schedule follows the new budget
+    preset = {k: v for k, v in (parent["trainer_config"] or {}).items() if k not in dropped}
+    frozen = (args.old_levels or "frozen") == "frozen"
+    preset["trainable_levels"] = [0] if frozen else list(range(model.num_levels + 1))
+    return model, parent, preset
+
+
 def _train(args: argparse.Namespace) -> int:
+    _check_growth_flags(args)
     resumed = _resumed_state(args)
     data = load_dataset(args.data, root=args.data_root)
-    spec, preset = _model_spec(args, data)
+    parent_model, parent = None, None
+    if args.grow_from is not None:
+        parent_model, parent, preset = _parent(args, data)
+    else:
+        spec, preset = _model_spec(args, data, resumed)
     split: dict[str, Any] = {"holdout": 0.1}
     if resumed is not None:  # the run's own options, then a config file's, then the flags given
         preset = {**resumed["trainer_config"], **(preset if args.config is not None else {})}
@@ -193,15 +247,18 @@ def _train(args: argparse.Namespace) -> int:
     config = _trainer_config(args, preset)
     train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
     torch.manual_seed(config.seed)
-    model = build(spec)
+    if parent_model is None:
+        model, kind = build(spec), spec["type"]
+    else:  # the new level's initialisation follows --seed
+        model, kind = parent_model.grow(net_options=args.new_level_net_options), "mrcnf"
     if config.objective["type"] == "flow_matching" and not model.is_continuous:
-        raise ValueError(f"the flow_matching objective trains CNFs and {spec['type']} has none; "
+        raise ValueError(f"the flow_matching objective trains CNFs and {kind} has none; "
                          "train it with --objective likelihood")
-    out = Path(args.out or f"runs/{spec['type']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out, folder=True)
     if config.checkpoint_every is None:
         config.checkpoint_every = max(1, (config.steps or 1000) // 4)
-    trainer = Trainer(model, config, out_dir=out, device=args.device)
+    trainer = Trainer(model, config, out_dir=out, device=args.device, parent=parent)
     report = trainer.fit(train_data, val_data, resume=args.resume, overwrite=args.overwrite)
     if distributed.rank() == 0:
         print((out / "report.txt").read_text() if (out / "report.txt").exists() else report)
@@ -330,8 +387,18 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model and write a run folder")
     which = train.add_mutually_exclusive_group()
-    which.add_argument("--model", default="mrcnf", help="registered model name (default mrcnf)")
+    which.add_argument("--model", help=f"registered model name (default {DEFAULT_MODEL}; a resume: the run's)")
     which.add_argument("--config", help="JSON file with a 'model' spec and 'train' options")
+    which.add_argument("--grow-from", metavar="RUN_OR_CHECKPOINT",
+                       help="grow a trained MRCNF (a checkpoint, or a run folder's newest checkpoint) by a finer "
+                            "level and train it on --data of twice its image size; the parent run's options "
+                            "apply unless flags change them, and the run records its parent")
+    train.add_argument("--old-levels", choices=OLD_LEVELS,
+                       help="with --grow-from: keep the parent's levels frozen (default) or fine-tune them")
+    train.add_argument("--new-level-net-options", type=_json_object, metavar="JSON",
+                       help="with --grow-from: the new finest level's net options, e.g. "
+                            "'{\"hidden_channels\": 64, \"num_blocks\": 1}' (default: the parent's finest "
+                            "level's)")
     train.add_argument("--data", default="digits",
                        help=f"{', '.join(DATASET_NAMES)} or a path (default digits)")
     train.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")

@@ -12,8 +12,12 @@ Sources (:func:`load_dataset`):
 - a ``.npz`` file with ``x`` (uint8, NxCxHxW) and optionally ``n_bins`` (default 256); an ``x`` that looks
   channels-last (NxHxWxC: last axis 1 or 3, axis 1 not) is refused with the transpose to apply;
 - a folder of image files (PNG, JPEG, ... read with pillow), all of one size, as 8-bit RGB or,
-  with ``channels=1``, grey;
-- ``"cifar10"`` / ``"mnist"`` through torchvision (when installed) under ``root``.
+  with ``channels=1``, grey; with ``size=S`` images of any sizes, each centre-cropped to a square and
+  resized to ``S × S`` (:func:`load_image_folder`);
+- ``"cifar10"`` / ``"mnist"`` through torchvision (when installed) under ``root``;
+- ``"crops<SIZE>"`` (``"crops32"``, ``"crops64"``, ``"crops128"``, ...): random RGB crops of scikit-image's
+  bundled photographs, built offline, with a held-out part (``train=False``) from image regions no training
+  crop touches (:mod:`flowplug.crops`; needs the ``images`` extra).
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ __all__ = [
     "ImageData",
     "check_images",
     "dequantize",
+    "has_own_held_out",
     "load_dataset",
     "load_image_folder",
     "load_npz",
     "random_hflip",
+    "resize_square",
 ]
 
-DATASET_NAMES = ("digits", "cifar10", "mnist")
-"""Names :func:`load_dataset` accepts besides paths."""
+DATASET_NAMES = ("digits", "cifar10", "mnist", "crops32", "crops64", "crops128")
+"""Names :func:`load_dataset` accepts besides paths (the crops at any size ``"crops<SIZE>"``)."""
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -58,7 +64,9 @@ class ImageData:
     name: str
     origin: dict[str, object] | None = None
     """For a part made by :meth:`split`: ``{"of": name, "part": "train"|"held-out", "holdout": fraction,
-    "seed": seed}``, so a checkpoint records which images it was trained on."""
+    "seed": seed}``, so a checkpoint records which images it was trained on; for a part of a set that has its
+    own held-out images (:func:`has_own_held_out`), ``"held_out"`` says how they were kept apart instead of
+    ``"holdout"``."""
 
     def __post_init__(self) -> None:
         check_images(self.x, self.n_bins, self.name)
@@ -217,12 +225,42 @@ def _npz_n_bins(archive: np.lib.npyio.NpzFile, path: Path) -> int:
     return int(value.reshape(()))
 
 
-def load_image_folder(path: str | Path, *, channels: int = 3) -> ImageData:
-    """Every image file directly in ``path`` (by name), 8-bit RGB (``channels=3``) or grey (1)."""
+def _check_size(size: object) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"image size must be a positive integer (pixels a side), got {size!r}")
+
+
+def resize_square(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The pixels of ``image`` (uint8, ``(H, W)`` or ``(H, W, C)``) inside ``box = (left, top, right, bottom)``
+    resized to ``size × size`` with pillow's Lanczos filter (antialiased when shrinking); no pixel outside
+    the box enters the result."""
+    from PIL import Image
+
+    _check_size(size)
+    left, top, right, bottom = box
+    inside = np.ascontiguousarray(image[top:bottom, left:right])
+    return np.asarray(Image.fromarray(inside).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def _centre_square(height: int, width: int) -> tuple[int, int, int, int]:
+    """The largest centred square of a ``height × width`` image as a ``(left, top, right, bottom)`` box."""
+    side = min(height, width)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def load_image_folder(path: str | Path, *, channels: int = 3, size: int | None = None) -> ImageData:
+    """Every image file directly in ``path`` (by name), 8-bit RGB (``channels=3``) or grey (1).
+
+    Without ``size`` all images must have one size; with ``size=S`` each image's centred square (the
+    shorter side's length) is resized to ``S × S``, so images of any sizes and shapes load together.
+    """
     from PIL import Image
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if size is not None:
+        _check_size(size)
     files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not files:
         raise ValueError(
@@ -233,6 +271,8 @@ def load_image_folder(path: str | Path, *, channels: int = 3) -> ImageData:
     for file in files:
         with Image.open(file) as image:
             array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        if size is not None:
+            array = resize_square(array, _centre_square(*array.shape[:2]), size)
         if arrays and array.shape != arrays[0].shape:
             raise ValueError(
                 f"{file}: size {array.shape[:2]} differs from the first image's "
@@ -268,25 +308,42 @@ def load_dataset(
     root: str | Path | None = None,
     train: bool = True,
     channels: int = 3,
+    size: int | None = None,
 ) -> ImageData:
     """Load a dataset by name (:data:`DATASET_NAMES`) or path (``.npz`` file or image folder).
 
-    ``root`` is torchvision's data folder, ``train`` picks its training or test set, and
-    ``channels`` applies to image folders. Unknown names and missing paths raise
-    ``FileNotFoundError``, unreadable or ill-shaped data ``ValueError``/``TypeError``.
+    ``root`` is torchvision's data folder; ``train`` picks torchvision's training or test set, or the
+    training or held-out crops of ``"crops<SIZE>"``; ``channels`` and ``size`` (centred square resized to
+    ``size × size``) apply to image folders. Unknown names and missing paths raise ``FileNotFoundError``,
+    unreadable or ill-shaped data and a ``size`` for another source ``ValueError``/``TypeError``.
     """
+    path = Path(name_or_path)
+    if size is not None and not path.is_dir():
+        raise ValueError(f"size={size!r} resizes the images of a folder; {str(name_or_path)!r} is not a folder "
+                         "(the crops take their size from the name, e.g. crops64)")
+    if has_own_held_out(str(name_or_path)):
+        from flowplug.crops import crops_size, sample_crops
+
+        return sample_crops(crops_size(str(name_or_path)), part="train" if train else "held-out")
     if str(name_or_path) == "digits":
         return _embedded_digits()
     if str(name_or_path) in ("cifar10", "mnist"):
         return _torchvision(str(name_or_path), root, train)
-    path = Path(name_or_path)
     if path.is_dir():
-        return load_image_folder(path, channels=channels)
+        return load_image_folder(path, channels=channels, size=size)
     if path.suffix == ".npz":
         return load_npz(path)
     if path.exists():
         raise ValueError(f"{str(path)!r} is neither an .npz file nor a folder of images")
     raise FileNotFoundError(
         f"unknown dataset {str(name_or_path)!r}: not one of {', '.join(DATASET_NAMES)} "
-        "and no such file or folder"
+        "(crops at any size: crops<SIZE>) and no such file or folder"
     )
+
+
+def has_own_held_out(name: str) -> bool:
+    """Whether ``load_dataset(name, train=False)`` gives held-out images kept apart from the training ones
+    (the crops, :mod:`flowplug.crops`), so that a held-out split of the training images is not needed."""
+    from flowplug.crops import crops_size
+
+    return crops_size(name) is not None

@@ -136,3 +136,32 @@ def test_missing_torchvision_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed: importing it fails
     with pytest.raises(ValueError, match=r'not installed: pip install "flowplug\[vision\]"'):
         load_dataset("cifar10", root=".")
+
+
+def test_image_folder_with_size_centre_crops_images_of_any_shape(tmp_path):
+    from PIL import Image
+
+    wide = np.zeros((4, 8, 3), dtype=np.uint8)
+    wide[:, 2:6] = 200  # the centred 4x4 square
+    tall = np.full((12, 6), 90, dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "a.png")
+    Image.fromarray(tall).save(tmp_path / "b.png")
+    data = load_dataset(tmp_path, size=2)
+    assert data.x.shape == (2, 3, 2, 2) and data.x.dtype == torch.uint8
+    assert int(data.x[0].min()) == int(data.x[0].max()) == 200  # the border columns left out exactly
+    assert int(data.x[1].min()) == int(data.x[1].max()) == 90
+    assert load_dataset(tmp_path, size=5, channels=1).x.shape == (2, 1, 5, 5)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_image_folder_refuses_bad_sizes(tmp_path, size):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="image size must be a positive integer"):
+        load_dataset(tmp_path, size=size)
+
+
+def test_size_is_refused_for_sources_other_than_folders():
+    with pytest.raises(ValueError, match="resizes the images of a folder"):
+        load_dataset("digits", size=8)

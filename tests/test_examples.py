@@ -81,3 +81,17 @@ def test_ood_mnist_fashion_on_any_grey_npz(tmp_path: Path) -> None:
         assert set(summary["auroc"][0]["auroc"]) == {"bpd", "level0_bpd", "level1_bpd"}
         assert (tmp_path / "ood" / folder / "histograms.png").stat().st_size > 0
     assert out.count("| level1_bpd |") == 2
+
+
+def test_progressive_128_quick(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    out = run_example("progressive_128.py", "--quick", "--out", str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [stage["size"] for stage in summary["stages"]] == [8, 16]
+    assert [len(stage["held_out"]["per_level_bpd"]) for stage in summary["stages"]] == [3, 4]
+    assert all(np.isfinite(stage["held_out"]["bpd"]) and stage["train_command"]["cpu_s"] > 0
+               for stage in summary["stages"])
+    grown = json.loads((tmp_path / "stage-16" / "config.json").read_text())
+    assert grown["parent"]["checkpoint"].startswith(str((tmp_path / "stage-8").resolve()))
+    assert (tmp_path / "samples-16.png").stat().st_size > 0
+    assert "16x16: held-out" in out

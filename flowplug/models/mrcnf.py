@@ -346,9 +346,11 @@ class MRCNF(FlowModel):
     ) -> list[torch.Tensor]:
         """Per-level mean flow-matching losses (each level must be one CNF); see :mod:`flowplug.cnf.flow_matching`.
         ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to
-        :meth:`flowplug.CNF.flow_matching_loss`."""
+        :meth:`flowplug.CNF.flow_matching_loss`. A frozen level (no parameter requires a gradient, see
+        :meth:`set_trainable_levels`, e.g. the old levels after :meth:`grow`) is not computed: its term is 0."""
         return [
             level.flow_matching_loss(x, context, sigma, **options).mean()
+            if any(p.requires_grad for p in level.parameters()) else x.new_zeros(())
             for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
         ]
 
@@ -424,15 +426,26 @@ class MRCNF(FlowModel):
                     )
             self.levels[s].load_state_dict(theirs)
 
-    def grow(self, level_flows: LevelFlows | None = None) -> MRCNF:
+    def grow(
+        self, level_flows: LevelFlows | None = None, *, net_options: Mapping[str, Any] | None = None
+    ) -> MRCNF:
         """A new model for images twice the size with one more (finest) level; the trained levels move up.
 
-        The new level 0 (``level_flows``, default: the default CNF level) models the finest details; this
-        model's level ``s`` becomes level ``s + 1`` with its trained parameters, and only level 0 is left
-        trainable. Requires a rebuildable model (``config`` not ``None``).
+        This model's level ``s`` becomes level ``s + 1`` with its trained parameters and its own options (net
+        options, the logit at the coarsest level, ``detail_stretch``), so on the coarse images ``x_1`` of the
+        larger images it computes exactly the terms it computed before. The new level 0 models the finest
+        details: ``level_flows`` (registry specs), or the default CNF level whose net takes ``net_options``
+        (default: a copy of this model's finest level's net options, the level that modelled the same kind of
+        tensor; ``{}`` takes the net's own defaults). Only level 0 is left trainable
+        (:meth:`set_trainable_levels` changes that). Requires a rebuildable model (``config`` not ``None``).
         """
         if self.config is None:
             raise ValueError("grow() needs a model built from specs (config is None: a level was given as modules)")
+        if level_flows is not None and not _is_plain_spec(level_flows):
+            raise ValueError("grow(level_flows=...) takes registry specs so that the grown model stays rebuildable")
+        if level_flows is not None and net_options is not None:
+            raise TypeError("grow(net_options=...) configures the default new level; with level_flows, give the "
+                            "new level's options in its specs")
         config = copy.deepcopy(self.config)
         channels, height, width = self.image_shape
         config["image_shape"] = [channels, 2 * height, 2 * width]
@@ -440,8 +453,12 @@ class MRCNF(FlowModel):
         if config["level_flows"] is not None or level_flows is not None:
             old = config["level_flows"] or [None] * self.num_levels
             config["level_flows"] = [None if level_flows is None else list(level_flows), *old]
-        if level_flows is not None and not _is_plain_spec(level_flows):
-            raise ValueError("grow(level_flows=...) takes registry specs so that the grown model stays rebuildable")
+        old_options = config.get("net_options")
+        if isinstance(old_options, list):  # one entry per level: the new finest level needs its own
+            new = old_options[0] if net_options is None else dict(net_options)
+            config["net_options"] = [copy.deepcopy(new), *old_options]
+        elif net_options is not None:  # one dict (or none) for all the old levels, another for the new one
+            config["net_options"] = [dict(net_options), *[old_options] * self.num_levels]
         config.pop("type")
         grown = MRCNF(**config)
         reference = next(self.parameters(), None)

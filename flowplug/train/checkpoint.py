@@ -27,6 +27,7 @@ __all__ = [
     "build_model",
     "capture_rng",
     "load_checkpoint",
+    "model_weights",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -103,6 +104,17 @@ def build_model(state: dict[str, Any]) -> torch.nn.Module:
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint weights do not fit its model config: {error}") from None
     return model
+
+
+
+def model_weights(state: dict[str, Any], *, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """A checkpoint's model weights: the EMA copy's (the weights its evaluations scored) when ``use_ema`` and
+    it has one (``AveragedModel`` keys under ``module.``), else the trained weights."""
+    ema = state.get("ema") if use_ema else None
+    if not ema:
+        return state["model"]
+    prefix = "module."
+    return {key[len(prefix):]: value for key, value in ema.items() if key.startswith(prefix)}
 
 
 def capture_rng() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from flowplug.train.checkpoint import CheckpointError, build_model, load_checkpoint
+from flowplug.train.checkpoint import CheckpointError, build_model, load_checkpoint, model_weights
 
 __all__ = ["combine_level_checkpoints"]
 
@@ -44,14 +44,6 @@ def combine_level_checkpoints(
             if s in taken:
                 raise ValueError(f"level {s} is asked from both {str(taken[s])!r} and {str(path)!r}")
             taken[s] = path
-        model.load_levels(_weights(state, use_ema), levels)
+        model.load_levels(model_weights(state, use_ema=use_ema), levels)
     return model
 
-
-def _weights(state: dict, use_ema: bool) -> dict[str, torch.Tensor]:
-    """The model's state dict, or the EMA copy's (``AveragedModel`` keys under ``module.``)."""
-    ema = state.get("ema") if use_ema else None
-    if not ema:
-        return state["model"]
-    prefix = "module."
-    return {key[len(prefix):]: value for key, value in ema.items() if key.startswith(prefix)}

@@ -78,7 +78,9 @@ class Trainer:
 
     ``out_dir`` (optional) receives the run folder (:class:`~flowplug.train.run_folder.RunFolder`).
     ``device`` is ``"auto"``, ``"cpu"``, ``"cuda[:i]"`` or ``"mps"``; under ``torchrun`` each process joins
-    the process group and takes its own GPU.
+    the process group and takes its own GPU. ``parent`` is the record of the checkpoint a grown model came from
+    (:func:`flowplug.train.load_parent`); it is written into the run's checkpoints,
+    ``config.json`` and report, and a resume restores it from the checkpoint.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class Trainer:
         *,
         out_dir: str | Path | None = None,
         device: str | torch.device = "auto",
+        parent: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, FlowModel):
             raise TypeError(
@@ -118,6 +121,7 @@ class Trainer:
         self.best_val_bpd: float | None = None
         self.resumes: list[dict[str, Any]] = []
         """One record per resume of this run: step, checkpoint, changed options, schedule segment."""
+        self.parent = parent
         self._last_eval_finite = True
         self._elapsed_before = 0.0
         self._clock_start = time.monotonic()
@@ -265,6 +269,7 @@ class Trainer:
             "schedule_segment": list(self._segment) if self._segment is not None else None,
             "elapsed_s": self._elapsed(),
             "resumes": self.resumes,
+            "parent": self.parent,
             "rng": capture_rng(),
             "trainer_config": self.config.to_dict(),
             "data": data_info,
@@ -297,6 +302,7 @@ class Trainer:
         self._segment = (int(segment[0]), float(segment[1])) if segment is not None else None
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
         self.resumes = list(state.get("resumes", []))
+        self.parent = state.get("parent")
         restore_rng(state["rng"])
 
     def _apply_rates(self) -> None:
@@ -439,6 +445,7 @@ class Trainer:
                 "model": self.model.config, "data": data_info,
                 "device": str(self.device), "precision": self.precision, "processes": world,
                 "resumes": self.resumes,
+                **({} if self.parent is None else {"parent": self.parent}),
             })
         start, start_step = time.monotonic(), self.step
         self._clock_start = start
@@ -521,6 +528,8 @@ class Trainer:
             "final_train_bpd": last.get("bpd"),
             "data": data_info,
         }
+        if self.parent is not None:
+            report["grown_from"] = {key: self.parent[key] for key in ("checkpoint", "step", "sha256")}
         val_bpd = None
         if val is not None:
             held_out = self.evaluate(val)
