@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from flowplug.cnf.solver import ODESolverError
-from flowplug.data import DATASET_NAMES, ImageData, load_dataset
+from flowplug.data import DATASET_NAMES, ImageData, has_own_held_out, load_dataset
 from flowplug.registry import KINDS, build, components, get_component
 from flowplug.threads import THREADS_ENV, WAIT_POLICY_ENV, set_threads
 from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, distributed, load_checkpoint, objectives
@@ -182,16 +182,31 @@ def _resumed_state(args: argparse.Namespace) -> dict[str, Any] | None:
     return found[1] if found is not None else None
 
 
+def _own_held_out(args: argparse.Namespace, split_flags: Sequence[str]) -> bool:
+    """Whether ``--data`` has its own held-out images; the ``split_flags`` given (``holdout``, evaluate's
+    ``seed``) are refused for it, since they choose a split of the training images."""
+    if not has_own_held_out(args.data):
+        return False
+    given = [f"--{flag}" for flag in split_flags if getattr(args, flag) is not None]
+    if given:
+        raise ValueError(f"{args.data} has its own held-out images (load_dataset(..., train=False)); "
+                         f"{' and '.join(given)} choose a split of the training images and do not apply")
+    return True
+
+
 def _train(args: argparse.Namespace) -> int:
     resumed = _resumed_state(args)
-    data = load_dataset(args.data, root=args.data_root)
+    data = load_dataset(args.data, root=args.data_root, size=args.size)
     spec, preset = _model_spec(args, data)
     split: dict[str, Any] = {"holdout": 0.1}
     if resumed is not None:  # the run's own options, then a config file's, then the flags given
         preset = {**resumed["trainer_config"], **(preset if args.config is not None else {})}
         split = resumed["data"].get("split", split)
     config = _trainer_config(args, preset)
-    train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
+    if _own_held_out(args, ("holdout",)):
+        train_data, val_data = data, load_dataset(args.data, train=False)
+    else:
+        train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
     torch.manual_seed(config.seed)
     model = build(spec)
     if config.objective["type"] == "flow_matching" and not model.is_continuous:
@@ -234,8 +249,13 @@ _SEPARATE_TEST_SETS = ("cifar10", "mnist")
 
 def _evaluation_data(args: argparse.Namespace, state: dict[str, Any]) -> ImageData:
     """The ``--split`` of ``--data`` to score; by default the checkpoint's own held-out images. A split
-    that would score images the checkpoint was trained on as held out is refused."""
-    data = load_dataset(args.data, root=args.data_root, train=args.split != "test")
+    that would score images the checkpoint was trained on as held out is refused. For data with their own
+    held-out images, ``held-out`` and ``test`` are those, ``train`` the training images."""
+    if _own_held_out(args, ("holdout", "seed")):
+        if args.split == "all":
+            raise ValueError(f"{args.data} has a training and a held-out part; choose --split held-out or train")
+        return load_dataset(args.data, train=args.split == "train", size=args.size)
+    data = load_dataset(args.data, root=args.data_root, train=args.split != "test", size=args.size)
     trained = state["data"].get("split")
     same = trained is not None and trained["of"] == data.name
     if args.split in ("held-out", "train"):
@@ -304,7 +324,8 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"{', '.join(DATASET_NAMES)} or a path (default digits)")
     train.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
     train.add_argument("--holdout", type=float,
-                       help="held-out fraction (0.1; a resume keeps the run's)")
+                       help="held-out fraction (0.1; a resume keeps the run's; crops<SIZE> have their own "
+                            "held-out crops)")
     _add_train_flags(train)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda[:i] or mps")
     train.add_argument("--out", help="run folder (default runs/<model>-<time>)")
@@ -342,6 +363,10 @@ def _parser() -> argparse.ArgumentParser:
                                       "(splits holding training images are refused)")
             command.add_argument("--holdout", type=float,
                                  help="held-out fraction (default: the checkpoint's)")
+    for command in (train, commands.choices["evaluate"]):
+        command.add_argument("--size", type=int, metavar="S",
+                             help="for an image folder: resize each image's centred square to S x S "
+                                  "(images of any sizes)")
 
     for command in commands.choices.values():
         command.add_argument("--threads", type=int, metavar="N",

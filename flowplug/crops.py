@@ -5,15 +5,13 @@ read as files from the installed scikit-image package (``pip install "flowplug[i
 ``skimage.data``'s downloader, so nothing is fetched. The five used ship inside the scikit-image wheel and
 are free to reuse by the licence scikit-image's documentation states for each:
 
-=====================  =============  ==========================================================
-file                   size (W×H)     licence (scikit-image's ``skimage.data`` docstrings)
-=====================  =============  ==========================================================
-astronaut.png          512×512        NASA photograph, released into the public domain
-chelsea.png            451×300        CC0 (photographer Stefan van der Walt)
-coffee.png             600×400        CC0 (photographer Rachel Michetti)
-hubble_deep_field.jpg  1000×872       NASA/HubbleSite, public domain
-rocket.jpg             640×427        SpaceX launch photo, released into the public domain
-=====================  =============  ==========================================================
+| file | size (W×H) | licence (scikit-image's ``skimage.data`` docstrings) |
+|---|---|---|
+| astronaut.png | 512×512 | NASA photograph, released into the public domain |
+| chelsea.png | 451×300 | CC0 (photographer Stefan van der Walt) |
+| coffee.png | 600×400 | CC0 (photographer Rachel Michetti) |
+| hubble_deep_field.jpg | 1000×872 | NASA/HubbleSite, public domain |
+| rocket.jpg | 640×427 | SpaceX launch photo, released into the public domain |
 
 **Held-out part: disjoint image regions.** Each photograph's columns are cut at ``floor(0.7 W)``: training
 crops lie wholly in the left 70 %, held-out crops (``part="held-out"``) wholly in the right 30 %, so no
