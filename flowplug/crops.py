@@ -17,7 +17,10 @@ are free to reuse by the licence scikit-image's documentation states for each:
 crops lie wholly in the left 70 %, held-out crops (``part="held-out"``) wholly in the right 30 %, so no
 held-out pixel was ever in a training crop, at every size and seed (a model grown from ``crops32`` to
 ``crops128`` has still never seen a held-out pixel). The cut does not depend on the size; sizes up to
-:data:`MAX_CROP_SIZE` fit every region.
+:data:`MAX_CROP_SIZE` fit every region. Score on this part, not on :meth:`~flowplug.data.ImageData.split` of the
+training crops: random crops of one region overlap, so such a split holds pixels that were trained on. The
+right 30 % is not distributed like the rest (more background in some photographs), so held-out BPD is not
+the same figure as a BPD on fresh training-region crops.
 
 **Recipe** (per crop, from ``numpy.random.default_rng([seed, part])``, part 0 for training, 1 for held-out):
 a photograph chosen uniformly; a square side ``round(size · 2**u)``, ``u ~ U[0, 1)``, cut down to fit the
