@@ -17,8 +17,9 @@ Each configuration runs in a fresh process (``spawn``) with ``--threads`` torch 
   the batch data and the training step); **RSS at start** is the resident memory before the model is built,
   so the difference is what the model and its training step add.
 - **peak RSS, evaluation**: after one exact-likelihood ``log_prob`` of ``--eval-batch`` images with the
-  evaluation solver, if that raised the peak; **NFE / CPU s per image** of that pass are a floor (the nets
-  are barely trained, so the adaptive solver takes few steps), not a trained model's cost.
+  evaluation solver, if that raised the peak; **NFE / CPU s per image** of that pass are those of barely
+  trained nets, not a trained model's cost. ``--eval-batch 0`` leaves the evaluation out (at 64×64 and above
+  the single-resolution CNF's takes CPU-minutes).
 
     PYTHONPATH=. python benchmarks/resolution.py                 # the table (a few CPU-minutes)
     PYTHONPATH=. python benchmarks/resolution.py --sizes 32 64 --steps 3 --json out.json
@@ -110,17 +111,19 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     cpu_per_step = (time.process_time() - t0) / job["steps"]
     train_peak = _peak_rss_mib()
 
-    model.eval()
-    t0 = time.process_time()
-    with torch.no_grad():
-        model.log_prob(v[0][: job["eval_batch"]])
-    eval_cpu = time.process_time() - t0
+    evaluation: dict[str, Any] = {"peak_rss_eval_mib": None, "eval_nfe": None, "eval_cpu_s_per_image": None}
+    if job["eval_batch"]:
+        model.eval()
+        t0 = time.process_time()
+        with torch.no_grad():
+            model.log_prob(v[0][: job["eval_batch"]])
+        evaluation = {"peak_rss_eval_mib": _peak_rss_mib(), "eval_nfe": count_nfe(model),
+                      "eval_cpu_s_per_image": (time.process_time() - t0) / job["eval_batch"]}
     return {
         "name": job["name"], "size": size, "levels": model.num_levels,
         "parameters": sum(p.numel() for p in model.parameters()), "batch": batch, "steps": job["steps"],
         "threads": job["threads"], "cpu_s_per_step": cpu_per_step, "rss_start_mib": start_rss,
-        "peak_rss_train_mib": train_peak, "peak_rss_eval_mib": _peak_rss_mib(), "eval_batch": job["eval_batch"],
-        "eval_nfe_floor": count_nfe(model), "eval_cpu_s_per_image_floor": eval_cpu / job["eval_batch"],
+        "peak_rss_train_mib": train_peak, "eval_batch": job["eval_batch"], **evaluation,
     }
 
 
@@ -129,14 +132,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     CNF's at its size."""
     single = {r["size"]: r["cpu_s_per_step"] for r in rows if r["levels"] == 1}
     lines = ["| size | model | params | CPU s / step | × single-res. | RSS at start (MiB) | peak RSS train (MiB) "
-             "| peak RSS eval (MiB) | eval NFE (floor) | eval CPU s / image (floor) |",
+             "| peak RSS eval (MiB) | eval NFE (barely trained) | eval CPU s / image (barely trained) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["cpu_s_per_step"] / single[r["size"]] if r["size"] in single else float("nan")
+        evaluation = ("— | — | —" if r["eval_nfe"] is None else
+                      f"{r['peak_rss_eval_mib']:.0f} | {r['eval_nfe']} | {r['eval_cpu_s_per_image']:.3f}")
         lines.append(f"| {r['size']}×{r['size']} | {r['name']} | {r['parameters']:,} | {r['cpu_s_per_step']:.3f} | "
-                     f"{ratio:.2f} | {r['rss_start_mib']:.0f} | {r['peak_rss_train_mib']:.0f} | "
-                     f"{r['peak_rss_eval_mib']:.0f} | {r['eval_nfe_floor']} | "
-                     f"{r['eval_cpu_s_per_image_floor']:.3f} |")
+                     f"{ratio:.2f} | {r['rss_start_mib']:.0f} | {r['peak_rss_train_mib']:.0f} | {evaluation} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,25 +148,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=sorted(_LEVELS), choices=sorted(_LEVELS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
-    parser.add_argument("--eval-batch", type=int, default=32)
+    parser.add_argument("--eval-batch", type=int, default=32, help="images of the evaluation pass (0: none)")
+    parser.add_argument("--models", nargs="+", help="only the models with these names (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    for name in ("batch", "steps", "eval_batch", "threads"):
+    for name in ("batch", "steps", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.eval_batch < 0:
+        parser.error("--eval-batch must not be negative")
+    jobs = [job for job in configurations(args.sizes) if args.models is None or job["name"] in args.models]
+    if not jobs:
+        parser.error("--models names none of the measured models")
     context = multiprocessing.get_context("spawn")
     rows = []
-    for job in configurations(args.sizes):
+    for job in jobs:
         job.update(batch=args.batch, steps=args.steps, eval_batch=args.eval_batch, threads=args.threads)
         with context.Pool(1) as pool:
             rows.append(pool.apply(measure, (job,)))
         print(f"{job['size']}: {job['name']}: {rows[-1]['cpu_s_per_step']:.3f} CPU s / step", flush=True)
+        if args.json is not None:  # after every model, so an interrupted run keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+            args.json.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     print(table(rows))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, "rows": rows},
-                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":
