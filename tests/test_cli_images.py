@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from flowplug import crops
 from flowplug.cli import main
@@ -22,15 +23,21 @@ def _noise_photographs() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def crops_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("crops") / "run"
+    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(crops, "_photographs", _noise_photographs)
         assert main([*TRAIN, "--data", "crops8", "--out", str(out)]) == 0
+    torch.set_num_threads(threads)
     return out
 
 
 @pytest.fixture(autouse=True)
 def noise_photographs(monkeypatch):
+    """Noise photographs for the crops; torch's thread count as it was after each test (TRAIN sets it)."""
     monkeypatch.setattr(crops, "_photographs", _noise_photographs)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_training_on_crops_validates_on_their_own_held_out_part(crops_run, capsys):
