@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from flowplug.cnf.solver import ODESolverError
-from flowplug.data import DATASET_NAMES, ImageData, load_dataset
+from flowplug.data import DATASET_NAMES, ImageData, has_own_held_out, load_dataset
 from flowplug.registry import KINDS, build, components, get_component
 from flowplug.threads import THREADS_ENV, WAIT_POLICY_ENV, set_threads
 from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, distributed, load_checkpoint, objectives
@@ -231,10 +231,22 @@ def _parent(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, A
     return model, parent, preset
 
 
+def _own_held_out(name: str, args: argparse.Namespace, split_flags: Sequence[str]) -> bool:
+    """Whether data set ``name`` has its own held-out images; the ``split_flags`` given (``holdout``, evaluate's
+    ``seed``) are refused for it, since they choose a split of the training images."""
+    if not has_own_held_out(name):
+        return False
+    given = [f"--{flag}" for flag in split_flags if getattr(args, flag) is not None]
+    if given:
+        raise ValueError(f"{name} has its own held-out images (load_dataset(..., train=False)); "
+                         f"{' and '.join(given)} choose a split of the training images and do not apply")
+    return True
+
+
 def _train(args: argparse.Namespace) -> int:
     _check_growth_flags(args)
     resumed = _resumed_state(args)
-    data = load_dataset(args.data, root=args.data_root)
+    data = load_dataset(args.data, root=args.data_root, size=args.size)
     parent_model, parent = None, None
     if args.grow_from is not None:
         parent_model, parent, preset = _parent(args, data)
@@ -245,7 +257,10 @@ def _train(args: argparse.Namespace) -> int:
         preset = {**resumed["trainer_config"], **(preset if args.config is not None else {})}
         split = resumed["data"].get("split", split)
     config = _trainer_config(args, preset)
-    train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
+    if _own_held_out(args.data, args, ("holdout",)):
+        train_data, val_data = data, load_dataset(args.data, train=False)
+    else:
+        train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
     torch.manual_seed(config.seed)
     if parent_model is None:
         model, kind = build(spec), spec["type"]
@@ -291,9 +306,14 @@ _SEPARATE_TEST_SETS = ("cifar10", "mnist")
 
 def _evaluation_data(args: argparse.Namespace, state: dict[str, Any], name: str, split: str) -> ImageData:
     """The ``split`` of data set ``name`` to score with the checkpoint ``state``; ``held-out`` is the checkpoint's
-    own held-out images. A split that would score images the checkpoint was trained on as held out is refused, as
-    are images of another shape or ``n_bins`` than the checkpoint's model."""
-    data = load_dataset(name, root=args.data_root, train=split != "test")
+    own held-out images, or for data with their own held-out part (``crops<SIZE>``) that part (``test`` too;
+    ``train`` their training images). A split that would score images the checkpoint was trained on as held out
+    is refused, as are images of another shape or ``n_bins`` than the checkpoint's model."""
+    if _own_held_out(name, args, ("holdout", "seed")):
+        if split == "all":
+            raise ValueError(f"{name} has a training and a held-out part; choose --split held-out or train")
+        return _matching(load_dataset(name, train=split == "train", size=args.size), state)
+    data = load_dataset(name, root=args.data_root, train=split != "test", size=args.size)
     trained = state["data"].get("split")
     same = trained is not None and trained["of"] == data.name
     if split in ("held-out", "train"):
@@ -308,6 +328,11 @@ def _evaluation_data(args: argparse.Namespace, state: dict[str, Any], name: str,
     elif same and (split == "all" or data.name not in _SEPARATE_TEST_SETS):
         raise ValueError(f"--split {split} of {data.name} includes the images the checkpoint was trained "
                          "on; use --split held-out (its own held-out images)")
+    return _matching(data, state)
+
+
+def _matching(data: ImageData, state: dict[str, Any]) -> ImageData:
+    """``data``, after checking that its images have the shape and ``n_bins`` of the checkpoint's model."""
     expected = tuple(state["data"]["image_shape"]), state["data"]["n_bins"]
     if (data.image_shape, data.n_bins) != expected:
         raise ValueError(f"the checkpoint's model is for images {expected[0]} with n_bins="
@@ -403,7 +428,8 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"{', '.join(DATASET_NAMES)} or a path (default digits)")
     train.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
     train.add_argument("--holdout", type=float,
-                       help="held-out fraction (0.1; a resume keeps the run's)")
+                       help="held-out fraction (0.1; a resume keeps the run's; crops<SIZE> have their own "
+                            "held-out crops)")
     _add_train_flags(train)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda[:i] or mps")
     train.add_argument("--out", help="run folder (default runs/<model>-<time>)")
@@ -468,6 +494,10 @@ def _parser() -> argparse.ArgumentParser:
                                  help="images per solve (default: the checkpoint's eval batch size)")
             command.add_argument("--out", required=True,
                                  help="folder for scores.csv, summary.json, auroc.md, histograms.png")
+    for command in (train, commands.choices["evaluate"], commands.choices["ood"]):
+        command.add_argument("--size", type=int, metavar="S",
+                             help="for an image folder: resize each image's centred square to S x S "
+                                  "(images of any sizes)")
 
     for command in commands.choices.values():
         command.add_argument("--threads", type=int, metavar="N",

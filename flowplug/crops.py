@@ -5,21 +5,22 @@ read as files from the installed scikit-image package (``pip install "flowplug[i
 ``skimage.data``'s downloader, so nothing is fetched. The five used ship inside the scikit-image wheel and
 are free to reuse by the licence scikit-image's documentation states for each:
 
-=====================  =============  ==========================================================
-file                   size (W×H)     licence (scikit-image's ``skimage.data`` docstrings)
-=====================  =============  ==========================================================
-astronaut.png          512×512        NASA photograph, released into the public domain
-chelsea.png            451×300        CC0 (photographer Stefan van der Walt)
-coffee.png             600×400        CC0 (photographer Rachel Michetti)
-hubble_deep_field.jpg  1000×872       NASA/HubbleSite, public domain
-rocket.jpg             640×427        SpaceX launch photo, released into the public domain
-=====================  =============  ==========================================================
+| file | size (W×H) | licence (scikit-image's ``skimage.data`` docstrings) |
+|---|---|---|
+| astronaut.png | 512×512 | NASA photograph, released into the public domain |
+| chelsea.png | 451×300 | CC0 (photographer Stefan van der Walt) |
+| coffee.png | 600×400 | CC0 (photographer Rachel Michetti) |
+| hubble_deep_field.jpg | 1000×872 | NASA/HubbleSite, public domain |
+| rocket.jpg | 640×427 | SpaceX launch photo, released into the public domain |
 
 **Held-out part: disjoint image regions.** Each photograph's columns are cut at ``floor(0.7 W)``: training
 crops lie wholly in the left 70 %, held-out crops (``part="held-out"``) wholly in the right 30 %, so no
 held-out pixel was ever in a training crop, at every size and seed (a model grown from ``crops32`` to
 ``crops128`` has still never seen a held-out pixel). The cut does not depend on the size; sizes up to
-:data:`MAX_CROP_SIZE` fit every region.
+:data:`MAX_CROP_SIZE` fit every region. Score on this part, not on :meth:`~flowplug.data.ImageData.split` of the
+training crops: random crops of one region overlap, so such a split holds pixels that were trained on. The
+right 30 % is not distributed like the rest (more background in some photographs), so held-out BPD is not
+the same figure as a BPD on fresh training-region crops.
 
 **Recipe** (per crop, from ``numpy.random.default_rng([seed, part])``, part 0 for training, 1 for held-out):
 a photograph chosen uniformly; a square side ``round(size · 2**u)``, ``u ~ U[0, 1)``, cut down to fit the
