@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from flowplug.data import ImageData, load_dataset
+from flowplug.data import load_dataset
 from flowplug.ood import score_images
-from flowplug.train import TrainConfig, Trainer, build_model, load_checkpoint
+from flowplug.train import Trainer, load_checkpoint
 
 
 def main() -> None:
@@ -37,11 +37,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     state = load_checkpoint(args.checkpoint)
-    trainer = Trainer(build_model(state), TrainConfig.from_dict({**state["trainer_config"], "progress": False}))
-    trainer.load_state_dict(state, state["data"])
+    trainer = Trainer.restore(state)
     split = state["data"]["split"]
     held_out = load_dataset(args.data).split(split["holdout"], seed=split["seed"])[1]
-    data = ImageData(held_out.x[:args.images], held_out.n_bins, f"{held_out.name}[:{args.images}]")
+    data = held_out.first(args.images)
     model, seed = trainer.eval_model(), trainer.config.seed
 
     results = {}

@@ -25,7 +25,7 @@ from flowplug.cnf.solver import ODESolverError
 from flowplug.data import DATASET_NAMES, ImageData, has_own_held_out, load_dataset
 from flowplug.registry import KINDS, build, components, get_component
 from flowplug.threads import THREADS_ENV, WAIT_POLICY_ENV, set_threads
-from flowplug.train import CheckpointError, TrainConfig, Trainer, build_model, distributed, load_checkpoint, objectives
+from flowplug.train import CheckpointError, TrainConfig, Trainer, distributed, load_checkpoint, objectives
 from flowplug.train.config import CLOCKS, PRECISIONS
 from flowplug.train.feedback import save_image_grid
 from flowplug.train.growth import load_parent
@@ -283,10 +283,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> tuple[Trainer, dict[str, Any]]:
     state = load_checkpoint(args.checkpoint)
-    config = TrainConfig.from_dict({**state["trainer_config"], "progress": False})  # names checked first
-    trainer = Trainer(build_model(state), config, device=args.device)
-    trainer.load_state_dict(state, state["data"])
-    return trainer, state
+    return Trainer.restore(state, device=args.device), state
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -372,8 +369,7 @@ def _ood(args: argparse.Namespace) -> int:
     trainer, state = _restore(args)
     sets = [_evaluation_data(args, state, name, split) for name, split in zip(args.data, splits, strict=True)]
     if args.max_images is not None:
-        sets = [d if len(d) <= args.max_images else
-                ImageData(d.x[:args.max_images], d.n_bins, f"{d.name}[:{args.max_images}]", d.origin) for d in sets]
+        sets = [d.first(args.max_images) for d in sets]
     seed = args.score_seed if args.score_seed is not None else trainer.config.seed
     batch_size = args.batch_size if args.batch_size is not None else trainer.config.eval_batch_size
     scores = [score_images(trainer.eval_model(), d, per_level=args.per_level, trace=args.trace,

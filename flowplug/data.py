@@ -88,6 +88,12 @@ class ImageData:
             **({"split": dict(self.origin)} if self.origin is not None else {}),
         }
 
+    def first(self, n: int) -> ImageData:
+        """The first ``n`` images (named ``name[:n]``), or this set itself when it holds no more than ``n``."""
+        if len(self) <= n:
+            return self
+        return ImageData(self.x[:n], self.n_bins, f"{self.name}[:{n}]", self.origin)
+
     def split(self, holdout: float, seed: int = 0) -> tuple[ImageData, ImageData]:
         """``(train, held_out)``, ``held_out`` being a seeded random fraction ``holdout``."""
         if not 0.0 < holdout < 1.0:

@@ -31,6 +31,13 @@ def test_split_is_disjoint_seeded_and_complete():
         data.split(1.5)
 
 
+def test_first_keeps_the_leading_images_and_names_the_cut():
+    data = ImageData(torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1), 256, "ramp")
+    head = data.first(3)
+    assert head.x.flatten().tolist() == [0, 1, 2] and head.name == "ramp[:3]" and head.n_bins == 256
+    assert data.first(5) is data and data.first(9) is data
+
+
 def test_npz_round_trip(tmp_path):
     x = np.random.default_rng(0).integers(0, 4, size=(6, 3, 4, 4), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", x=x, n_bins=4)

@@ -94,17 +94,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def build_model(state: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild a checkpoint's model through the registry and load its weights."""
+def build_model(state: dict[str, Any], *, use_ema: bool = False, match_dtype: bool = False) -> torch.nn.Module:
+    """Rebuild a checkpoint's model through the registry and load its weights (:func:`model_weights`: the EMA
+    copy's when ``use_ema`` and it has one). ``match_dtype`` first casts the model to the weights' floating dtype
+    (e.g. float64), which loading would otherwise round to the model's default."""
     from flowplug.registry import build
 
     model = build(state["model_config"])
+    weights = model_weights(state, use_ema=use_ema)
+    if match_dtype:
+        model.to(next(t.dtype for t in weights.values() if t.is_floating_point()))
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint weights do not fit its model config: {error}") from None
     return model
-
 
 
 def model_weights(state: dict[str, Any], *, use_ema: bool = True) -> dict[str, torch.Tensor]:

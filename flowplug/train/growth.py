@@ -17,8 +17,7 @@ from typing import Any
 
 from flowplug.data import ImageData
 from flowplug.models.mrcnf import MRCNF
-from flowplug.registry import build
-from flowplug.train.checkpoint import CheckpointError, load_checkpoint, model_weights
+from flowplug.train.checkpoint import CheckpointError, build_model, load_checkpoint
 from flowplug.train.rotation import load_latest
 from flowplug.train.run_folder import RunFolder
 
@@ -53,16 +52,10 @@ def load_parent(
     path, state = parent_checkpoint(source)
     config = state["model_config"]
     kind = config.get("type") if isinstance(config, Mapping) else None
-    parent = build(config) if kind is not None else None
+    parent = build_model(state, use_ema=use_ema, match_dtype=True) if kind is not None else None
     if not isinstance(parent, MRCNF):
         raise CheckpointError(f"{str(path)!r} holds a {kind or 'non-rebuildable'} model; only a multi-resolution "
                               "model (mrcnf) can grow a finer level")
-    weights = model_weights(state, use_ema=use_ema)
-    parent.to(next(t.dtype for t in weights.values() if t.is_floating_point()))
-    try:
-        parent.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint weights do not fit its model config: {error}") from None
     channels, height, width = parent.image_shape
     n_bins = state["data"].get("n_bins")
     wanted = (channels, 2 * height, 2 * width)

@@ -31,7 +31,7 @@ from flowplug.losses import collect_extra_losses
 from flowplug.models.base import FlowModel
 from flowplug.train import distributed
 from flowplug.train.batches import NOISE, batches, make_batch, step_generator
-from flowplug.train.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng
+from flowplug.train.checkpoint import CheckpointError, build_model, capture_rng, load_checkpoint, restore_rng
 from flowplug.train.config import TrainConfig, budget_clock, lr_factor
 from flowplug.train.devices import autocast, resolve_device, resolve_precision
 from flowplug.train.distributed import rank_zero_only
@@ -274,6 +274,16 @@ class Trainer:
             "trainer_config": self.config.to_dict(),
             "data": data_info,
         }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], *, device: str | torch.device = "auto") -> Trainer:
+        """A trainer holding checkpoint ``state`` (:func:`~flowplug.train.checkpoint.load_checkpoint`): its model
+        and weights, EMA, step and options, with no progress bar and no run folder: for evaluating or sampling
+        it. Unknown names in the stored options are refused before the model is built."""
+        config = TrainConfig.from_dict({**state["trainer_config"], "progress": False})
+        trainer = cls(build_model(state), config, device=device)
+        trainer.load_state_dict(state, state["data"])
+        return trainer
 
     def load_state_dict(self, state: dict[str, Any], data_info: dict[str, Any]) -> None:
         """Continue from a checkpoint; a model or data that do not match raise CheckpointError."""
