@@ -167,8 +167,8 @@ def build_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
             entry["spec"].pop("levels", None)
         jobs.append({
             "name": name, "spec": entry["spec"], "objective": entry["objective"],
-            "trainer": {**preset["trainer"], "objective": entry["objective"],
-                        "seed": args.seed, "clock": args.clock},
+            "trainer": {**preset["trainer"], **entry.get("trainer", {}), **args.trainer_options,
+                        "objective": entry["objective"], "seed": args.seed, "clock": args.clock},
             "data": args.data, "holdout": args.holdout, "eval_images": args.eval_images,
             "curve_images": args.curve_images, "checkpoints": args.checkpoints,
             "minutes": args.minutes, "clock": args.clock, "threads": args.threads, "device": args.device,
@@ -331,13 +331,13 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table (one row per model)."""
-    header = ("| model | parameters | steps | s / step | held-out BPD | BPD per level "
+    header = ("| model | lr | parameters | steps | s / step | held-out BPD | BPD per level "
               "(finest detail → coarsest) | NFE / image (eval) | BPD at loose / eval tol "
               "(curve subset) | sampling s / image | peak memory (MiB) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 8)
+            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 9)
             continue
         per_level = (" / ".join(f"{b:.3f}" for b in r["held_out"]["per_level_bpd"])
                      if r["levels"] > 1 else "—")
@@ -345,7 +345,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         tol_text = "—" if tol is None else " / ".join(
             f"{v:.4f}" for k, v in tol.items() if k.startswith("bpd_tol"))
         lines.append(
-            f"| {r['name']} | {r['parameters']:,} | {r['steps']:,} | "
+            f"| {r['name']} | {r['trainer']['lr']:g} | {r['parameters']:,} | {r['steps']:,} | "
             f"{_fmt(r['time_per_step_s'], 3)} | {r['held_out']['bpd']:.3f} | {per_level} | "
             f"{_fmt(r['nfe_eval'], 0)} | {tol_text} | {r['sample_time_per_image_s']:.3f} | "
             f"{r['peak_memory_mib']:.0f} |"
@@ -435,6 +435,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-images", type=int, default=8)
     parser.add_argument("--loose-tol", type=float, default=1e-4,
                         help="the looser atol = rtol of the CNF tolerance check")
+    parser.add_argument("--trainer-options", type=json.loads, default={},
+                        help="JSON object of TrainConfig settings for every selected model, over the "
+                             "preset's and the model's own (e.g. '{\"lr\": 0.002}')")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
@@ -456,6 +459,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--eval-images and --curve-images must not exceed --holdout")
     if not args.minutes > 0:
         parser.error("--minutes must be positive")
+    if not isinstance(args.trainer_options, dict):
+        parser.error("--trainer-options must be a JSON object, e.g. '{\"lr\": 0.002}'")
     return args
 
 

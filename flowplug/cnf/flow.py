@@ -128,7 +128,9 @@ class CNF(Flow):
     (see the module docstring). probe: Hutchinson probe, ``"rademacher"`` (lower variance) or
     ``"gaussian"``; one draw per solve. train_solver, eval_solver: :class:`SolverSettings` (or a
     dict of its fields, or a method name) used in ``train()`` and ``eval()`` mode;
-    ``eval_solver=None`` means the training settings. adjoint: backpropagate by the adjoint method
+    ``eval_solver=None`` means the training settings. Their tolerances hold each coordinate of
+    ``z`` and the log-density's error per dimension (``D · atol`` for the sum over ``z``'s ``D``
+    dimensions; docs/design.md §4). adjoint: backpropagate by the adjoint method
     (``odeint_adjoint``: memory independent of the number of steps, at the price of a backward
     solve) instead of through the solver's operations. kinetic_energy, jacobian_norm: RNODE
     coefficients (see :mod:`flowplug.cnf.regularization`); the terms are integrated only in
@@ -297,7 +299,12 @@ class CNF(Flow):
         )
 
         zeros = x.new_zeros(x.shape[0])
-        state = (x, zeros) + (zeros,) * len(rnode.active if rnode else ())
+        num_integrals = len(rnode.active) if rnode else 0
+        state = (x, zeros) + (zeros,) * num_integrals
+        # the log-density is a sum over the D dimensions of z: D times one dimension's absolute tolerance holds
+        # its error per dimension (what bits per dimension are made of) to atol, as z's; the RNODE integrals
+        # are means over dimensions already
+        atol_scales = (1.0, float(x[0].numel())) + (1.0,) * num_integrals
         adjoint_params = None
         if self.adjoint and torch.is_grad_enabled():
             adjoint_params = [p for p in self.net.parameters() if p.requires_grad]
@@ -305,7 +312,7 @@ class CNF(Flow):
                 adjoint_params.append(context)
         t0, t1 = (0.0, self.T) if density else (self.T, 0.0)
         out, log_det, *integrals = solve(
-            dynamics, state, t0, t1, settings, adjoint_params=adjoint_params
+            dynamics, state, t0, t1, settings, adjoint_params=adjoint_params, atol_scales=atol_scales
         )
         dynamics.phase = "backward"
 

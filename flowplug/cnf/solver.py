@@ -147,23 +147,31 @@ def solve(
     settings: SolverSettings,
     *,
     adjoint_params: Sequence[torch.Tensor] | None = None,
+    atol_scales: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Integrate ``d state/dt = func(t, state)`` from ``t0`` to ``t1``; returns the state at ``t1``.
 
     With ``adjoint_params`` (the tensors gradients must reach) the solve uses ``odeint_adjoint``
     (O(1) memory in the number of steps, re-solving backwards in the backward pass); without,
-    autograd backpropagates through the solver's operations. Step-size underflow and exceeding
-    ``max_num_steps`` raise :class:`ODESolverError`.
+    autograd backpropagates through the solver's operations. ``atol_scales`` (one factor per state
+    tensor) multiplies ``settings.atol`` for each tensor of the forward solve, e.g. ``D`` for a sum
+    over ``D`` dimensions; the adjoint's backward solve keeps the plain ``atol``. Step-size underflow
+    and exceeding ``max_num_steps`` raise :class:`ODESolverError`.
     """
     reference = state[0]
     times = torch.tensor([t0, t1], dtype=reference.dtype, device=reference.device)
     kwargs = settings.odeint_kwargs()
+    if atol_scales is not None:
+        if len(atol_scales) != len(state):
+            raise ValueError(f"atol_scales has {len(atol_scales)} factors for {len(state)} state tensors")
+        kwargs["atol"] = tuple(settings.atol * float(scale) for scale in atol_scales)
     try:
         if adjoint_params is None:
             solution = odeint(func, state, times, **kwargs)
         else:
             solution = odeint_adjoint(
-                func, state, times, adjoint_params=tuple(adjoint_params), **kwargs
+                func, state, times, adjoint_params=tuple(adjoint_params),
+                adjoint_atol=settings.atol, **kwargs
             )
     except AssertionError as error:
         if not any(failure in str(error) for failure in _SOLVER_FAILURES):
