@@ -1,5 +1,6 @@
-"""The log-density accumulator's tolerance is per dimension: its error per dimension meets ``atol`` like the
-state's, and the solve takes no extra steps to hold a sum over ``D`` dimensions to one dimension's tolerance.
+"""The log-density accumulator's tolerance is per dimension (``D · atol`` for a sum over ``D`` dimensions): its
+error per dimension stays of the order of the state's, and the solve takes no extra steps to hold the sum to one
+dimension's tolerance.
 (The adjoint path, whose backward solve keeps the plain tolerance, is covered by test_cnf_gradients.py.)"""
 
 from __future__ import annotations
