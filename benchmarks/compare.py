@@ -231,12 +231,16 @@ def _evaluate_at_tolerance(trainer: Any, data: Any, tol: float) -> dict[str, Any
             cnf.eval_solver = settings
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
 def _peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    return peak_rss_mib()
 
 
 def run_model(job: dict[str, Any]) -> dict[str, Any]:

@@ -30,11 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare.py lies beside this script
+from compare import mrcnf_recipe, peak_rss_mib, single_resolution_recipe
 
 _LEVELS = {32: 3, 64: 4, 128: 5}
 
@@ -50,16 +52,8 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _peak_rss_mib() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
 def configurations(sizes: list[int]) -> list[dict[str, Any]]:
     """The measured models: ``{"name", "size", "spec"}`` per size (plus the CLI default at 64×64)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from compare import mrcnf_recipe, single_resolution_recipe
-
     from flowplug.cli import PRESETS
 
     jobs = []
@@ -109,7 +103,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     for x in v[1:]:
         step(x)
     cpu_per_step = (time.process_time() - t0) / job["steps"]
-    train_peak = _peak_rss_mib()
+    train_peak = peak_rss_mib()
 
     evaluation: dict[str, Any] = {"peak_rss_eval_mib": None, "eval_nfe": None, "eval_cpu_s_per_image": None}
     if job["eval_batch"]:
@@ -117,7 +111,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         t0 = time.process_time()
         with torch.no_grad():
             model.log_prob(v[0][: job["eval_batch"]])
-        evaluation = {"peak_rss_eval_mib": _peak_rss_mib(), "eval_nfe": count_nfe(model),
+        evaluation = {"peak_rss_eval_mib": peak_rss_mib(), "eval_nfe": count_nfe(model),
                       "eval_cpu_s_per_image": (time.process_time() - t0) / job["eval_batch"]}
     return {
         "name": job["name"], "size": size, "levels": model.num_levels,
