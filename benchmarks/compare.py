@@ -62,10 +62,10 @@ _EVAL_SOLVER = {"method": "dopri5", "atol": 1e-5, "rtol": 1e-5}
 
 
 def _models(likelihood_solver: dict[str, Any], glow: dict[str, int], realnvp: dict[str, int],
-            rates: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
+            settings: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """The compared models: CNFs of width 64 whose likelihood training solves with ``likelihood_solver``,
-    Glow / RealNVP with the given sizes; ``rates`` gives models their own learning rate (their ``trainer``
-    settings, over the preset's)."""
+    Glow / RealNVP with the given sizes; ``settings`` gives models their own entries: ``trainer`` settings
+    (over the preset's) and ``likelihood_share``, the share of the budget spent in a likelihood phase."""
     cnf = {"hidden_channels": 64, "eval_solver": _EVAL_SOLVER}
     models = {
         "mrcnf (likelihood)": {
@@ -88,8 +88,8 @@ def _models(likelihood_solver: dict[str, Any], glow: dict[str, int], realnvp: di
         "realnvp": {"spec": {"type": "realnvp", "levels": 3, **realnvp},
                     "objective": "likelihood"},
     }
-    for name, rate in (rates or {}).items():
-        models[name]["trainer"] = {"lr": rate}
+    for name, entry in (settings or {}).items():
+        models[name].update(copy.deepcopy(entry))
     return models
 
 
@@ -119,6 +119,8 @@ def single_resolution_recipe() -> dict[str, Any]:
 
 # the recipe models rebuild their per-level nets when --levels changes the number of levels
 _RECIPES = {"mrcnf (recipe, flat backgrounds)": True, "mrcnf (recipe, natural images)": False}
+# flow matching at 8e-3, then likelihood fine-tuning at 1e-3 for the last fifth of the budget
+_RECIPE_TRAINING = {"trainer": {"lr": 8e-3, "likelihood_lr": 1e-3}, "likelihood_share": 0.2}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -131,9 +133,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                           glow={"depth": 8, "hidden_channels": 128},
                           realnvp={"depth": 4, "hidden_channels": 128},
                           # the learning rates chosen by the equal-effort search of docs/benchmarks.md
-                          # ("Training settings per model"); the others keep the preset's
-                          rates={"glow": 4e-3, "mrcnf (recipe, flat backgrounds)": 8e-3,
-                                 "mrcnf (recipe, natural images)": 8e-3}),
+                          # ("Training settings per model"; the others keep the preset's) and the MRCNF
+                          # recipes' likelihood phase ("The likelihood phase")
+                          settings={"glow": {"trainer": {"lr": 4e-3}},
+                                    **{name: _RECIPE_TRAINING for name in _RECIPES}}),
     },
     "gpu": {
         "description": "paper scale (MRCNF widths 64, Glow L=3 K=32 width 512); written, not yet run",
@@ -173,10 +176,12 @@ def build_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
                 entry["spec"] = mrcnf_recipe(args.levels, _RECIPES[name])
         if entry["spec"]["type"] == "single_resolution_cnf":
             entry["spec"].pop("levels", None)
+        trainer = {**preset["trainer"], **entry.get("trainer", {}), **args.trainer_options,
+                   "objective": entry["objective"], "seed": args.seed, "clock": args.clock}
+        if "likelihood_share" in entry:
+            trainer.setdefault("likelihood_minutes", entry["likelihood_share"] * args.minutes)
         jobs.append({
-            "name": name, "spec": entry["spec"], "objective": entry["objective"],
-            "trainer": {**preset["trainer"], **entry.get("trainer", {}), **args.trainer_options,
-                        "objective": entry["objective"], "seed": args.seed, "clock": args.clock},
+            "name": name, "spec": entry["spec"], "objective": entry["objective"], "trainer": trainer,
             "data": args.data, "holdout": args.holdout, "eval_images": args.eval_images,
             "curve_images": args.curve_images, "checkpoints": args.checkpoints,
             "minutes": args.minutes, "clock": args.clock, "threads": args.threads, "device": args.device,
@@ -216,6 +221,20 @@ def _cnfs(model: torch.nn.Module) -> list[torch.nn.Module]:
     from flowplug.cnf import CNF
 
     return [m for m in model.modules() if isinstance(m, CNF)]
+
+
+def _phase_start(phase_minutes: float | None, left_s: float, chunk_s: float, trainer: Any) -> dict[str, Any]:
+    """The start of the likelihood phase in a chunk of ``chunk_s`` seconds with ``left_s`` of the budget left:
+    its last ``phase_minutes`` of the whole budget are the phase (``likelihood_minutes`` of the chunk's fit
+    when it starts inside the chunk, ``likelihood_after`` = now when it is due already)."""
+    if phase_minutes is None or trainer.likelihood_from is not None:
+        return {}
+    into_chunk = left_s - 60 * phase_minutes
+    if into_chunk >= chunk_s:
+        return {}
+    if into_chunk <= 0:
+        return {"likelihood_after": trainer.step or 1}
+    return {"likelihood_minutes": (chunk_s - into_chunk) / 60}
 
 
 def _evaluate_at_tolerance(trainer: Any, data: Any, tol: float) -> dict[str, Any]:
@@ -269,8 +288,11 @@ def run_model(job: dict[str, Any]) -> dict[str, Any]:
 
     model = flowplug.build({**job["spec"], "image_shape": list(data.image_shape)})
     budget_s = 60 * job["minutes"]
+    options = dict(job["trainer"])
+    # the likelihood phase counts back from the end of the whole budget, each chunk's fit from its own end
+    phase = options.pop("likelihood_minutes", None)
     config = TrainConfig(minutes=job["minutes"] / job["checkpoints"], schedule="constant",
-                         progress=False, tensorboard=False, **job["trainer"])
+                         progress=False, tensorboard=False, **options)
     trainer = Trainer(model, config, device=job["device"])
     is_cnf = bool(_cnfs(model))
 
@@ -281,7 +303,8 @@ def run_model(job: dict[str, Any]) -> dict[str, Any]:
         chunk_s = budget_s * k / job["checkpoints"] - train_time
         if chunk_s <= 0:
             continue
-        trainer.config = replace(trainer.config, minutes=chunk_s / 60)
+        trainer.config = replace(trainer.config, minutes=chunk_s / 60,
+                                 **_phase_start(phase, budget_s - train_time, chunk_s, trainer))
         report = trainer.fit(train)
         train_time += report["budget_time_s"]  # on the budget's clock (--clock)
         wall_train_time += report["train_time_s"]
@@ -308,8 +331,10 @@ def run_model(job: dict[str, Any]) -> dict[str, Any]:
 
     result = {
         "name": job["name"], "spec": model.config, "objective": job["objective"],
-        "trainer": asdict(config), "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": trainer.step, "skipped_steps": trainer.skipped_steps,
+        "trainer": {**asdict(config), "likelihood_minutes": phase},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": trainer.step, "likelihood_from_step": trainer.likelihood_from,
+        "skipped_steps": trainer.skipped_steps,
         "train_time_s": round(train_time, 2), "clock": job["clock"],
         "wall_train_time_s": round(wall_train_time, 2),
         "time_per_step_s": train_time / trainer.step if trainer.step else None,
@@ -357,12 +382,20 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         tol_text = "—" if tol is None else " / ".join(
             f"{v:.4f}" for k, v in tol.items() if k.startswith("bpd_tol"))
         lines.append(
-            f"| {r['name']} | {r['trainer']['lr']:g} | {r['parameters']:,} | {r['steps']:,} | "
+            f"| {r['name']} | {_rates(r['trainer'])} | {r['parameters']:,} | {r['steps']:,} | "
             f"{_fmt(r['time_per_step_s'], 3)} | {r['held_out']['bpd']:.3f} | {per_level} | "
             f"{_fmt(r['nfe_eval'], 0)} | {tol_text} | {r['sample_time_per_image_s']:.3f} | "
             f"{r['peak_memory_mib']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _rates(trainer: dict[str, Any]) -> str:
+    """The table's learning-rate cell: the rate, and the likelihood phase's when the run had one."""
+    if trainer.get("likelihood_minutes") is None:
+        return f"{trainer['lr']:g}"
+    phase_lr = trainer.get("likelihood_lr") or trainer["lr"]
+    return f"{trainer['lr']:g}, last {trainer['likelihood_minutes']:g} min likelihood at {phase_lr:g}"
 
 
 def plot(results: list[dict[str, Any]], path: Path, title: str) -> str | None:

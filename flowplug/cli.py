@@ -136,15 +136,18 @@ def _check_out(path: Path, folder: bool) -> None:
 
 
 _TRAIN_FLAGS = ("steps", "epochs", "minutes", "clock", "batch_size", "accumulation", "lr", "ema_decay", "precision",
-                "seed", "objective", "likelihood_after", "trainable_levels", "hflip", "eval_every",
-                "sample_every", "checkpoint_every", "num_samples", "temperature")
+                "seed", "objective", "likelihood_after", "likelihood_minutes", "likelihood_lr", "trainable_levels",
+                "hflip", "eval_every", "sample_every", "checkpoint_every", "num_samples", "temperature")
 """The :class:`TrainConfig` fields ``flowplug train`` offers as flags (``--batch-size`` for ``batch_size``); a
 flag that is not given leaves the preset's or config file's value, or the field's default."""
 _FLAG_NAMES = {"trainable_levels": "levels"}
 _FLAG_HELP = {
     "objective": "training objective (CNF models can use flow_matching; a spec with parameters goes in "
                  "a --config file)",
-    "likelihood_after": "switch to likelihood fine-tuning from this step on",
+    "likelihood_after": "start the likelihood fine-tuning phase at this step (from the EMA weights, with fresh "
+                        "optimiser moments)",
+    "likelihood_minutes": "start the likelihood phase when this many minutes of the --minutes budget are left",
+    "likelihood_lr": "learning rate of the likelihood phase (default: the run's schedule goes on)",
     "trainable_levels": "train only these levels of a multi-level model (e.g. 0,1)",
     "hflip": "random left-right flips",
     "clock": "what --minutes counts: wall (elapsed) or process (this process's CPU seconds, for shared machines)",

@@ -48,7 +48,16 @@ class TrainConfig:
     (:mod:`flowplug.train.objectives`); stored as a spec. Evaluation always reports exact-likelihood
     bits per dimension."""
     likelihood_after: int | None = None
-    """Switch to likelihood fine-tuning from this step on (e.g. after flow-matching pre-training)."""
+    """Start the likelihood fine-tuning phase at this step (e.g. after flow-matching pre-training). When the
+    phase starts, training continues from the EMA weights (when there is an EMA, which then restarts from
+    them), with the optimiser's moments reset: the flow-matching loss's gradient statistics do not fit the
+    likelihood's."""
+    likelihood_minutes: float | None = None
+    """Start the likelihood phase when this many minutes of the ``minutes`` budget are left (instead of at a
+    step: with a time budget the step count is not known in advance)."""
+    likelihood_lr: float | None = None
+    """The learning rate of the likelihood phase, constant from its first step; ``None``: the run's schedule
+    goes on."""
     trainable_levels: list[int] | None = None
     """Train only these levels of a multi-level model (``set_trainable_levels``); the rest stay frozen."""
     seed: int = 0
@@ -73,7 +82,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("epochs", "minutes", "lr", "temperature", "grad_clip"):
+        for name in ("epochs", "minutes", "lr", "temperature", "grad_clip", "likelihood_minutes", "likelihood_lr"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not 0 < value < math.inf):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -93,6 +102,19 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps and weight_decay must not be negative")
         self.objective = objective_spec(self.objective)
+        self._check_likelihood_phase()
+
+    def _check_likelihood_phase(self) -> None:
+        if self.likelihood_after is not None and self.likelihood_minutes is not None:
+            raise ValueError("give the likelihood phase's start once: likelihood_after (a step) or "
+                             "likelihood_minutes (minutes before the end of the budget), not both")
+        if self.likelihood_minutes is not None and (self.minutes is None or self.likelihood_minutes >= self.minutes):
+            raise ValueError(f"likelihood_minutes={self.likelihood_minutes} must be less than the minutes budget "
+                             f"(minutes={self.minutes})")
+        phase = self.likelihood_after is not None or self.likelihood_minutes is not None
+        if phase and self.objective["type"] == "likelihood":
+            raise ValueError("the objective is already the likelihood: a likelihood phase needs another "
+                             "objective before it (e.g. flow_matching)")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data."""

@@ -16,7 +16,7 @@ __all__ = ["APPLIED", "REFUSED", "changed_options", "extension_segment"]
 REFUSED = ("batch_size", "seed", "objective", "precision", "ema_decay", "warmup_steps", "schedule")
 """Options a resume refuses to change: the data order, noise, loss, number format or EMA would no longer be
 those the checkpoint was trained with."""
-APPLIED = ("lr", "weight_decay")
+APPLIED = ("lr", "weight_decay", "likelihood_lr")
 """Options a resume applies to the restored optimiser and schedule (the base rate; the schedule's shape
 is kept)."""
 

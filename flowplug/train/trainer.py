@@ -73,6 +73,13 @@ class _ObjectiveModule(nn.Module):
         return loss, metrics
 
 
+def _phase_of_older_checkpoint(state: dict[str, Any]) -> int | None:
+    """Where the likelihood phase of a checkpoint written before phases were recorded began: at its
+    ``likelihood_after`` step, if the run had reached it (those runs switched objective there, nothing else)."""
+    after = state.get("trainer_config", {}).get("likelihood_after")
+    return after if after is not None and state["step"] >= after else None
+
+
 class Trainer:
     """Fits ``model`` with the settings of ``config``; see :class:`~flowplug.train.config.TrainConfig`.
 
@@ -109,12 +116,12 @@ class Trainer:
             model.set_trainable_levels(self.config.trainable_levels)
         self._total_steps: int | None = self.config.steps
         self._segment: tuple[int, float] | None = None
+        self.likelihood_from: int | None = None
+        """The step at which the likelihood phase began (``None``: it has not)."""
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(self.config, step, self._total_steps, self._segment)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.ema: AveragedModel | None = None
         self.step = 0
         self.skipped_steps = 0
@@ -129,6 +136,7 @@ class Trainer:
         self._wrapped: nn.Module | None = None
         self._wrapped_key: tuple[int, Objective] | None = None
         self._logger: MetricsLogger | None = None
+        self._budget_start: float | None = None
 
     @property
     def out_dir(self) -> Path | None:
@@ -146,10 +154,41 @@ class Trainer:
         return autocast(self.precision, self.device)
 
     def current_objective(self) -> Objective:
-        """The objective of the coming step: the configured one, or likelihood once
-        ``likelihood_after`` steps are done."""
-        switch = self.config.likelihood_after
-        return self._likelihood if switch is not None and self.step >= switch else self.objective
+        """The objective of the coming step: the configured one, or likelihood once the likelihood phase has
+        begun."""
+        return self._likelihood if self.likelihood_from is not None else self.objective
+
+    def _lr_factor(self, step: int) -> float:
+        """The multiplier of ``config.lr`` at ``step``: the schedule's, or ``likelihood_lr / lr`` in the
+        likelihood phase when that rate is set."""
+        cfg = self.config
+        if cfg.likelihood_lr is not None and self.likelihood_from is not None and step >= self.likelihood_from:
+            return cfg.likelihood_lr / cfg.lr
+        return lr_factor(cfg, step, self._total_steps, self._segment)
+
+    def _likelihood_phase_due(self) -> bool:
+        """Whether the likelihood phase starts with the coming step: at ``likelihood_after``, or (in ``fit``,
+        the same decision on every process) when ``likelihood_minutes`` of the time budget are left."""
+        cfg = self.config
+        if self.likelihood_from is not None:
+            return False
+        if cfg.likelihood_after is not None:
+            return self.step >= cfg.likelihood_after
+        if cfg.likelihood_minutes is None or self._budget_start is None:
+            return False
+        spent = budget_clock(cfg.clock) - self._budget_start
+        late = torch.tensor(float(spent >= 60 * (cfg.minutes - cfg.likelihood_minutes)))
+        return distributed.all_reduce_mean(late.to(self.device)).item() > 0
+
+    def _begin_likelihood_phase(self) -> None:
+        """Continue from the EMA weights (the EMA restarts from them: its warm-up ramp follows the phase's
+        first steps) with fresh optimiser moments, at the phase's rate."""
+        self.likelihood_from = self.step
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
+            self.ema = make_ema(self.model, self.config.ema_decay)
+        self.optimizer.state.clear()
+        self._apply_rates()
 
     def _module(self, n_bins: int) -> nn.Module:
         """The (DDP-wrapped, in a process group) objective module, built on first use and rebuilt
@@ -181,6 +220,8 @@ class Trainer:
                 self.model.initialize_from_data(batch.v)
                 self.current_objective()(self.model, batch)
         self._ensure_ema()
+        if self._likelihood_phase_due():
+            self._begin_likelihood_phase()
         module = self._module(batch.n_bins)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -265,6 +306,7 @@ class Trainer:
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "best_val_bpd": self.best_val_bpd,
+            "likelihood_from": self.likelihood_from,
             "total_steps": self._total_steps,
             "schedule_segment": list(self._segment) if self._segment is not None else None,
             "elapsed_s": self._elapsed(),
@@ -308,6 +350,7 @@ class Trainer:
         self.step = state["step"]
         self.skipped_steps = state["skipped_steps"]
         self.best_val_bpd = state["best_val_bpd"]
+        self.likelihood_from = state.get("likelihood_from", _phase_of_older_checkpoint(state))
         segment = state.get("schedule_segment")
         self._segment = (int(segment[0]), float(segment[1])) if segment is not None else None
         self._elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -318,7 +361,7 @@ class Trainer:
     def _apply_rates(self) -> None:
         """Set the optimiser's base rate and weight decay from the config and its current rate from the
         schedule (for an unchanged config, exactly the values the checkpoint holds)."""
-        factor = lr_factor(self.config, self.step, self._total_steps, self._segment)
+        factor = self._lr_factor(self.step)
         for group in self.optimizer.param_groups:
             group.update(initial_lr=self.config.lr, lr=self.config.lr * factor,
                          weight_decay=self.config.weight_decay)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from train_helpers import read_metric
@@ -49,6 +51,76 @@ def test_switch_to_likelihood_fine_tuning(tiny_data, tmp_path):
     Trainer(tiny_mrcnf(), config, out_dir=tmp_path, device="cpu").fit(tiny_data)
     assert sorted(read_metric(tmp_path, "fm_loss")) == [1, 2, 3, 4, 5]
     assert sorted(read_metric(tmp_path, "nll")) == [6, 7, 8]
+
+
+def test_likelihood_phase_continues_from_the_ema_weights_with_fresh_moments(tiny_data):
+    config = TrainConfig(steps=4, objective="flow_matching", likelihood_after=4, likelihood_lr=1e-4, **FAST)
+    trainer = Trainer(tiny_mrcnf(), config, device="cpu")
+    trainer.fit(tiny_data)  # 4 flow-matching steps: the next one is the phase's first
+    assert trainer.step == 4 and trainer.likelihood_from is None
+    averaged = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+    raw = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw)
+
+    seen = {}
+    step = trainer.optimizer.step
+
+    def record(*args, **kwargs):  # the weights the phase's first update starts from, and its moments
+        seen["weights"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        seen["moments"] = len(trainer.optimizer.state)
+        seen["lr"] = trainer.optimizer.param_groups[0]["lr"]
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record
+    trainer.train_step(trainer._batch(tiny_data.x[:16], tiny_data.n_bins))
+    assert trainer.likelihood_from == 4 and trainer.current_objective() is trainer._likelihood
+    assert all(torch.equal(seen["weights"][k], averaged[k]) for k in averaged)
+    assert seen["moments"] == 0 and seen["lr"] == 1e-4
+    assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {1}
+    # the EMA restarted from the phase's starting weights, so its ramp follows the phase's first update
+    assert any(not torch.equal(trainer.ema.module.state_dict()[k], averaged[k]) for k in averaged)
+
+
+def test_likelihood_minutes_start_the_phase_before_the_end_of_the_budget(tiny_data, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_mrcnf(), TrainConfig(minutes=1.0, likelihood_minutes=0.25, objective="flow_matching",
+                                                **FAST), out_dir=tmp_path, device="cpu")
+    # a clock of 10 seconds per step: the budget ends after 6 steps, the phase takes the last 15 seconds
+    monkeypatch.setattr("flowplug.train.trainer.budget_clock", lambda clock: 10.0 * trainer.step)
+    trainer.fit(tiny_data)
+    assert sorted(read_metric(tmp_path, "fm_loss")) == [1, 2, 3, 4, 5]
+    assert sorted(read_metric(tmp_path, "nll")) == [6]
+    assert trainer.likelihood_from == 5
+
+
+@pytest.mark.parametrize("interrupted_at", [3, 4])
+def test_resume_at_or_inside_the_likelihood_phase_continues_the_run_exactly(tiny_data, tmp_path, interrupted_at):
+    def run(folder, steps, resume=False):
+        config = TrainConfig(steps=steps, objective="flow_matching", likelihood_after=3, likelihood_lr=1e-3,
+                             checkpoint_every=1, **FAST)
+        trainer = Trainer(tiny_mrcnf(), config, out_dir=folder, device="cpu")
+        trainer.fit(tiny_data, resume=resume)
+        return trainer
+
+    whole = run(tmp_path / "whole", 6)
+    run(tmp_path / "parts", interrupted_at)
+    resumed = run(tmp_path / "parts", 6, resume=True)
+    assert read_metric(tmp_path / "parts", "nll") == read_metric(tmp_path / "whole", "nll")
+    assert resumed.likelihood_from == whole.likelihood_from == 3
+    for a, b in zip(whole.ema.module.state_dict().values(), resumed.ema.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_written_before_phases_were_recorded_resumes_in_its_phase(tiny_data, tmp_path):
+    config = TrainConfig(steps=4, objective="flow_matching", likelihood_after=3, checkpoint_every=1, **FAST)
+    trainer = Trainer(tiny_mrcnf(), config, out_dir=tmp_path, device="cpu")
+    trainer.fit(tiny_data)
+    state = load_checkpoint(trainer.latest_checkpoint())
+    del state["likelihood_from"]
+    older = tmp_path / "older.pt"
+    torch.save(state, older)
+    continued = Trainer(tiny_mrcnf(), replace(config, steps=5), device="cpu")
+    continued.fit(tiny_data, resume=older)
+    assert continued.likelihood_from == 3  # already in the phase: not begun a second time
 
 
 def test_resume_keeps_objective_and_standardisation(tiny_data, tmp_path):

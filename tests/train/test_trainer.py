@@ -135,6 +135,14 @@ def test_evaluate_matches_log_prob_and_levels_sum(tiny_data):
         ({"steps": 5, "clock": "cpu"}, "clock"),
         ({"steps": 5, "lr": float("inf")}, "lr must be a positive finite number, got inf"),
         ({"steps": True}, "steps must be a positive integer, got True"),
+        ({"steps": 5, "objective": "flow_matching", "likelihood_after": 2, "likelihood_minutes": 1.0},
+         "likelihood_after .* or likelihood_minutes .* not both"),
+        ({"minutes": 1.0, "schedule": "constant", "objective": "flow_matching", "likelihood_minutes": 1.0},
+         r"likelihood_minutes=1.0 must be less than the minutes budget \(minutes=1.0\)"),
+        ({"steps": 5, "objective": "flow_matching", "likelihood_minutes": 0.5},
+         r"less than the minutes budget \(minutes=None\)"),
+        ({"steps": 5, "likelihood_after": 2}, "already the likelihood"),
+        ({"steps": 5, "likelihood_lr": 0.0}, "likelihood_lr must be a positive finite number"),
     ],
 )
 def test_bad_config(options, match):
