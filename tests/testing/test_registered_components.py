@@ -22,6 +22,14 @@ _KNOWN_NORMFLOWS_BUGS = {
 }
 
 
+# normflows' splines with random weights (2 hidden channels, init_identity=False) can have bins whose slope is
+# ~1e3-1e4: float32 rounding of the latent (~1e-7 relative) then shows as ~1e-3 in forward(inverse(x)), as
+# Hypothesis found (x = 0 -> z = -1.977 -> 0.00091 in float32, 1.7e-12 in float64). The float64 test holds
+# them to the default 1e-8; in float32 the round trip is held to what that conditioning allows.
+_FLOAT32_ILL_CONDITIONED = {name: (1e-2, 1e-2) for name in
+                            ("autoregressive_rational_quadratic_spline", "coupled_rational_quadratic_spline")}
+
+
 def _params():
     for name in flowplug.components("flow"):
         if name in excluded_components():
@@ -75,4 +83,5 @@ def test_component_is_invertible_float32(name, data):
     # no constant batches: they give ActNorm a ~1e6 scale whose float32 round trip loses most digits
     case, flow, x, strict = _case_and_input(data, name, torch.float32, constant=False)
     if case.invertible:
-        assert_invertible(flow, x, strict_log_det=strict)
+        atol, rtol = _FLOAT32_ILL_CONDITIONED.get(name, default_tolerances(torch.float32))
+        assert_invertible(flow, x, atol=atol, rtol=rtol, strict_log_det=strict)
