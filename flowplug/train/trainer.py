@@ -162,7 +162,7 @@ class Trainer:
         """The multiplier of ``config.lr`` at ``step``: the schedule's, or ``likelihood_lr / lr`` in the
         likelihood phase when that rate is set."""
         cfg = self.config
-        if cfg.likelihood_lr is not None and self.likelihood_from is not None and step >= self.likelihood_from:
+        if cfg.likelihood_lr is not None and self.likelihood_from is not None:
             return cfg.likelihood_lr / cfg.lr
         return lr_factor(cfg, step, self._total_steps, self._segment)
 
@@ -176,9 +176,7 @@ class Trainer:
             return self.step >= cfg.likelihood_after
         if cfg.likelihood_minutes is None or self._budget_start is None:
             return False
-        spent = budget_clock(cfg.clock) - self._budget_start
-        late = torch.tensor(float(spent >= 60 * (cfg.minutes - cfg.likelihood_minutes)))
-        return distributed.all_reduce_mean(late.to(self.device)).item() > 0
+        return self._budget_clock_past(60 * (cfg.minutes - cfg.likelihood_minutes))
 
     def _begin_likelihood_phase(self) -> None:
         """Continue from the EMA weights (the EMA restarts from them: its warm-up ramp follows the phase's
@@ -525,10 +523,13 @@ class Trainer:
     def _budget_spent(self) -> bool:
         done = self._total_steps is not None and self.step >= self._total_steps
         if self.config.minutes is not None:
-            spent = budget_clock(self.config.clock) - self._budget_start
-            late = torch.tensor(float(spent >= 60 * self.config.minutes))
-            done = done or distributed.all_reduce_mean(late.to(self.device)).item() > 0
+            done = done or self._budget_clock_past(60 * self.config.minutes)
         return done
+
+    def _budget_clock_past(self, seconds: float) -> bool:
+        """Whether this ``fit``'s budget clock has passed ``seconds`` on any process (one decision for all)."""
+        late = torch.tensor(float(budget_clock(self.config.clock) - self._budget_start >= seconds))
+        return distributed.all_reduce_mean(late.to(self.device)).item() > 0
 
     def _elapsed(self) -> float:
         """Training seconds of this run over all its resumes."""
