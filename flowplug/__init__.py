@@ -11,6 +11,7 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "AsinhStretch": "flowplug.asinh",
+    "EdgeBinWarp": "flowplug.bin_warp",
     "CNF": "flowplug.cnf",
     "ConvODENet": "flowplug.cnf",
     "MLPODENet": "flowplug.cnf",
@@ -49,6 +50,7 @@ __all__ = [
     "AsinhStretch",
     "CheckpointError",
     "ConvODENet",
+    "EdgeBinWarp",
     "FlowModel",
     "Glow",
     "HaarMerge",

@@ -106,6 +106,7 @@ def register(
 _BUILTIN_MODULES = (
     "flowplug.wavelet",
     "flowplug.asinh",
+    "flowplug.bin_warp",
     "flowplug.standardize",
     "flowplug.distributions",
     "flowplug.cnf",

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from flowplug._checks import check_floating
+from flowplug.bin_warp import EdgeBinWarp
 from flowplug.cnf.flow import CNF
 from flowplug.metrics import bits_per_dim, level_bits_per_dim
 
@@ -48,6 +49,13 @@ class FlowModel(nn.Module, ABC):
     image_shape: tuple[int, int, int]
     config: dict[str, Any] | None = None
     """The registry spec that rebuilds the model (``None``: not rebuildable, e.g. built from modules)."""
+    bin_warp: EdgeBinWarp | None
+    """An optional warp of the dequantisation noise of black and saturated pixels that models apply to ``v``
+    first (:mod:`flowplug.bin_warp`); set by the models' ``bin_warp=`` option, ``None`` by default."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bin_warp = None  # an instance attribute: a class-level default would hide the submodule once set
 
     @abstractmethod
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
@@ -108,6 +116,20 @@ class FlowModel(nn.Module, ABC):
         They add up to :meth:`bits_per_dim` minus ``log2(n_bins)``: that constant belongs to the whole image.
         """
         return level_bits_per_dim(self.level_log_probs(v), self.num_dims)
+
+    def _warp_in(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction of :attr:`bin_warp`: ``v`` warped and ``log|dx/dv|`` per image (``v`` and zeros
+        without a warp)."""
+        if self.bin_warp is None:
+            return v, torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+        return self.bin_warp.inverse(v)
+
+    def _warp_out(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction of :attr:`bin_warp`: images ``v`` from warped ones ``x`` and ``log|dv/dx|`` per
+        image (so ``log q(v) = log q(x) − log|dv/dx|``)."""
+        if self.bin_warp is None:
+            return x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        return self.bin_warp(x)
 
     def check_input(self, v: torch.Tensor) -> None:
         """Raise a ``ValueError``/``TypeError`` naming the problem unless ``v`` is a non-empty batch of this model's

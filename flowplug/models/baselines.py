@@ -14,7 +14,7 @@ part of ``log_prob``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import normflows as nf
@@ -23,6 +23,7 @@ from torch import nn
 
 from flowplug._checks import check_num_samples
 from flowplug._normflows_components import affine_coupling_block, torch_lu_deprecation_silenced
+from flowplug.bin_warp import EdgeBinWarp
 from flowplug.models.base import FlowModel, constructor_spec
 from flowplug.registry import register
 
@@ -52,6 +53,7 @@ class _MultiscaleModel(FlowModel):
         alpha: float,
         config: dict[str, Any],
         level_flows: Callable[[int], list[nn.Module]],
+        bin_warp: Mapping[str, Any] | None = None,
     ) -> None:
         """``level_flows(channels)`` builds one level's flows in the sampling direction on
         ``channels``."""
@@ -75,6 +77,8 @@ class _MultiscaleModel(FlowModel):
             raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}")
         self.image_shape = image_shape
         self.config = config
+        if bin_warp is not None:
+            self.bin_warp = EdgeBinWarp(**bin_warp)
 
         base, flows, merges = [], [], []
         for i in range(levels):
@@ -93,7 +97,8 @@ class _MultiscaleModel(FlowModel):
 
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
         self.check_input(v)
-        return self.flow.log_prob(v)
+        warped, log_det = self._warp_in(v)
+        return self.flow.log_prob(warped) + log_det
 
     def sample(
         self, num_samples: int = 1, temperature: float | None = None
@@ -101,16 +106,22 @@ class _MultiscaleModel(FlowModel):
         check_num_samples(num_samples)
         if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        return self.flow.sample(num_samples, temperature=temperature)
+        x, log_q = self.flow.sample(num_samples, temperature=temperature)
+        v, log_det = self._warp_out(x)
+        return v, log_q - log_det
 
     def forward_and_log_det(self, z: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``v`` from the per-level latents ``z`` (coarsest first) and ``log|det ∂v/∂z|``."""
-        return self.flow.forward_and_log_det(z)
+        x, log_det = self.flow.forward_and_log_det(z)
+        v, step = self._warp_out(x)
+        return v, log_det + step
 
     def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-level latents (coarsest first) of ``v`` and ``log|det ∂z/∂v|``."""
         self.check_input(v)
-        return self.flow.inverse_and_log_det(v)
+        warped, log_det = self._warp_in(v)
+        z, step = self.flow.inverse_and_log_det(warped)
+        return z, log_det + step
 
 
 @register("glow", kind="model")
@@ -131,6 +142,7 @@ class Glow(_MultiscaleModel):
         hidden_channels: int = 64,
         alpha: float = 0.05,
         scale_map: str = "sigmoid",
+        bin_warp: Mapping[str, Any] | None = None,
     ) -> None:
         config = constructor_spec("glow", Glow.__init__, locals())
 
@@ -144,7 +156,7 @@ class Glow(_MultiscaleModel):
                 ]
             return [*blocks, nf.flows.Squeeze()]
 
-        super().__init__(image_shape, levels, depth, alpha, config, level_flows)
+        super().__init__(image_shape, levels, depth, alpha, config, level_flows, bin_warp)
 
 
 @register("realnvp", kind="model")
@@ -166,6 +178,7 @@ class RealNVP(_MultiscaleModel):
         depth: int = 3,
         hidden_channels: int = 64,
         alpha: float = 0.05,
+        bin_warp: Mapping[str, Any] | None = None,
     ) -> None:
         config = constructor_spec("realnvp", RealNVP.__init__, locals())
 
@@ -182,4 +195,4 @@ class RealNVP(_MultiscaleModel):
             checkerboard = couplings(channels // 4, ("checkerboard", "checkerboard_inv"))
             return [*channel, nf.flows.Squeeze(), *checkerboard]
 
-        super().__init__(image_shape, levels, depth, alpha, config, level_flows)
+        super().__init__(image_shape, levels, depth, alpha, config, level_flows, bin_warp)

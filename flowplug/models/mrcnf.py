@@ -30,6 +30,7 @@ from torch import nn
 
 from flowplug._checks import check_floating, check_num_samples, check_unit_range
 from flowplug.asinh import AsinhStretch
+from flowplug.bin_warp import EdgeBinWarp
 from flowplug.cnf import CNF, ConvODENet
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
 from flowplug.conditioning import ComposedFlow, run_inverse
@@ -202,6 +203,10 @@ class MRCNF(FlowModel):
         detail_stretch: if given, every detail level first maps its coefficients through
             :class:`~flowplug.asinh.AsinhStretch` of this scale (e.g. ``1/256``, the dequantisation width), with
             its exact log-determinant: it widens the point mass that flat image regions put at 0.
+        bin_warp: if given, the keyword arguments of an :class:`~flowplug.bin_warp.EdgeBinWarp` (e.g.
+            ``{"n_bins": 256}``) that first warps the dequantisation noise of black and saturated pixels, at full
+            resolution and within their quantisation bins, so that its density vanishes smoothly at the bins'
+            edges. Its exact log-determinant is counted in the finest level's term of :meth:`level_log_probs`.
 
     ``config`` is the registry spec that rebuilds this model (``None`` when a level was given as modules).
     """
@@ -215,6 +220,7 @@ class MRCNF(FlowModel):
         logit_alpha: float = 0.05,
         standardize: bool = True,
         detail_stretch: float | None = None,
+        bin_warp: Mapping[str, Any] | None = None,
         net: str = "conv_odenet",
         net_options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
         **level_options: Any,
@@ -231,6 +237,7 @@ class MRCNF(FlowModel):
         _check_level_options(level_options)
         per_level_net = _per_level_net_options(net_options, levels)
         channels = self.image_shape[0]
+        self.bin_warp = None if bin_warp is None else EdgeBinWarp(**bin_warp)
         self.levels = nn.ModuleList()
         for s in range(levels):
             shape = self.level_shape(s)
@@ -259,6 +266,7 @@ class MRCNF(FlowModel):
                 "standardize": standardize,
                 # written only when set, so configs of older versions (which lack them) rebuild unchanged
                 **({} if detail_stretch is None else {"detail_stretch": detail_stretch}),
+                **({} if bin_warp is None else {"bin_warp": dict(bin_warp)}),
                 **({} if net == "conv_odenet" else {"net": net}),
                 **({} if net_options is None else {"net_options": copy.deepcopy(
                     dict(net_options) if isinstance(net_options, Mapping) else
@@ -291,10 +299,13 @@ class MRCNF(FlowModel):
 
     def level_log_probs(self, v: torch.Tensor) -> list[torch.Tensor]:
         """``[log p(y_0 | x_1), …, log p(y_{S-2} | x_{S-1}), log p(x_{S-1})]``; they sum to :meth:`log_prob`."""
-        return [
+        warped, warp_log_det = self._warped(v)
+        terms = [
             level.log_prob(x, context)
-            for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
+            for level, (x, context) in zip(self.levels, self._cascade(warped), strict=True)
         ]
+        terms[0] = terms[0] + warp_log_det
+        return terms
 
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
         """``log p(v)`` per sample (the Haar transform adds nothing: its log-determinant is 0)."""
@@ -302,8 +313,9 @@ class MRCNF(FlowModel):
 
     def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Density direction: ``v`` → latents ``[z_0, …, z_{S-1}]`` (index = level) and the total log-det."""
-        latents, log_det = [], torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-        for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True):
+        warped, log_det = self._warped(v)
+        latents = []
+        for level, (x, context) in zip(self.levels, self._cascade(warped), strict=True):
             z, step = level.inverse_and_log_det(x, context)
             latents.append(z)
             log_det = log_det + step
@@ -318,15 +330,24 @@ class MRCNF(FlowModel):
             y, step = self.levels[s].forward_and_log_det(latents[s], x)
             x = haar_reconstruct(x, y)
             log_det = log_det + step
-        return x, log_det
+        v, step = self._warp_out(x)
+        return v, log_det + step
 
     def _level_inputs(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """``(tensor, context)`` of every level for images ``v``, after the input checks: ``(y_s, x_{s+1})``
         for the detail levels — each coarse image is the one the transform produced from ``v`` — and
         ``(x_{S-1}, None)`` for the coarsest. Every pixel of ``v`` must lie in ``[0, 1]`` (the logit's domain;
         a detail level would otherwise accept images whose block means happen to fit): one vectorised check."""
+        return self._cascade(self._warped(v)[0])
+
+    def _warped(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked images ``v`` after the bin warp (if any), and its log-determinant per image."""
         self.check_input(v)
         check_unit_range(v, "v")
+        return self._warp_in(v)
+
+    def _cascade(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(y_s, x_{s+1})`` of every detail level and ``(x_{S-1}, None)`` of the coarsest."""
         steps = haar_cascade(v, self.num_levels)
         coarsest = steps[-1][1] if steps else v
         return [*steps, (coarsest, None)]
@@ -371,13 +392,15 @@ class MRCNF(FlowModel):
             y, log_q_s = self.levels[s].sample(x.shape[0], context=x, temperature=temperature)
             x = haar_reconstruct(x, y)
             log_q = log_q + log_q_s
-        return x, log_q
+        v, log_det = self._warp_out(x)
+        return v, log_q - log_det
 
     def super_resolve(self, coarse: torch.Tensor, temperature: float | None = 1.0) -> torch.Tensor:
         """Upsample coarse images ``(B, C, h, w)`` to the model's full resolution by sampling their details.
 
         ``h, w`` must be the size of one of the model's coarse images (``H / 2^k`` for ``1 ≤ k ≤ S-1``); the
-        output's Haar coarse part at that size equals ``coarse``. ``temperature=0`` takes each base's mode.
+        output's Haar coarse part at that size equals ``coarse`` (with a ``bin_warp``: the warped output's, which
+        differs only within the dequantisation noise). ``temperature=0`` takes each base's mode.
         """
         check_floating(coarse, "coarse")
         channels, height, width = self.image_shape
@@ -433,7 +456,9 @@ class MRCNF(FlowModel):
 
         This model's level ``s`` becomes level ``s + 1`` with its trained parameters and its own options (net
         options, the logit at the coarsest level, ``detail_stretch``), so on the coarse images ``x_1`` of the
-        larger images it computes exactly the terms it computed before. The new level 0 models the finest
+        larger images it computes exactly the terms it computed before (with a ``bin_warp``, which the grown
+        model applies at its own resolution, the coarse images are those of the warped larger image: they differ
+        from the warped smaller one's within the dequantisation noise). The new level 0 models the finest
         details: ``level_flows`` (registry specs), or the default CNF level whose net takes ``net_options``
         (default: a copy of this model's finest level's net options, the level that modelled the same kind of
         tensor; ``{}`` takes the net's own defaults). Only level 0 is left trainable

@@ -536,6 +536,17 @@ def _register_builtin() -> None:
         value_range=(0.0, 1.0),
     )
     register_component_strategy(
+        "edge_bin_warp",
+        # the lower of two bins, away from its edges: the sampling direction pushes values towards the edges
+        # doubly exponentially (w = σ(logit(w')/a)), so near an edge it leaves the bin in floating point (data
+        # never lie there: the warped density of the bin's uniform noise is ~(distance)^(1/a)); the upper bin
+        # and other sizes are property-tested in tests/test_bin_warp.py
+        _image_shapes().flatmap(lambda shape: st.fixed_dictionaries({
+            "n_bins": st.just(2), "power": st.sampled_from([0.5, 0.75]),
+        }).map(lambda kwargs: (kwargs, shape))),
+        value_range=(1e-3, 0.499),
+    )
+    register_component_strategy(
         "shift",
         _vector_entry(lambda d: st.fixed_dictionaries({"shift": st.floats(-2.0, 2.0)}), low=1),
     )

@@ -471,6 +471,10 @@ class Trainer:
         if tuple(self.model.image_shape) != train.image_shape:
             raise ValueError(f"the model expects images of shape {tuple(self.model.image_shape)}, "
                              f"the data has {train.image_shape}")
+        warp = self.model.bin_warp
+        if warp is not None and warp.n_bins != train.n_bins:
+            raise ValueError(f"the model's bin_warp is for n_bins={warp.n_bins} but the data has "
+                             f"n_bins={train.n_bins}; build the model with bin_warp={{'n_bins': {train.n_bins}}}")
         world = distributed.world_size()
         if cfg.batch_size % (world * cfg.accumulation):
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by processes x "

@@ -43,6 +43,14 @@ def test_fits_mrcnf_with_falling_loss(tiny_data, tmp_path):
     assert _falls(tmp_path)
 
 
+def test_fit_refuses_a_bin_warp_for_another_bin_count(tiny_data, tmp_path):
+    model = flowplug.build({**TINY_GLOW, "type": "glow", "bin_warp": {"n_bins": tiny_data.n_bins + 1}})
+    trainer = Trainer(model, TrainConfig(steps=1, **FAST), out_dir=tmp_path, device="cpu")
+    with pytest.raises(ValueError, match=f"bin_warp is for n_bins={tiny_data.n_bins + 1} but the data has "
+                                         f"n_bins={tiny_data.n_bins}"):
+        trainer.fit(tiny_data)
+
+
 def _run(folder, data, steps, resume=False):
     config = TrainConfig(steps=steps, precision="float64", schedule="constant",
                          checkpoint_every=3, keep_last=5, **FAST)
