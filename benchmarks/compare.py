@@ -82,9 +82,10 @@ def _models(likelihood_solver: dict[str, Any], glow: dict[str, int], realnvp: di
         # logit alpha 1e-3), so the two differ only in the resolutions; likelihood training with an adaptive
         # solver (the entry above) is hopeless at 64x64 on a CPU budget
         "single-resolution CNF (flow matching)": {"spec": single_resolution_recipe(), "objective": "flow_matching"},
-        **{name: {"spec": mrcnf_recipe(3, flat), "objective": "flow_matching"}
-           for name, flat in _RECIPES.items()},
+        **{name: {"spec": mrcnf_recipe(3, *kinds), "objective": "flow_matching"} for name, kinds in _RECIPES.items()},
         "glow": {"spec": {"type": "glow", "levels": 3, **glow}, "objective": "likelihood"},
+        "glow (bin warp)": {"spec": {"type": "glow", "levels": 3, **glow, "bin_warp": dict(BIN_WARP)},
+                            "objective": "likelihood"},
         "realnvp": {"spec": {"type": "realnvp", "levels": 3, **realnvp},
                     "objective": "likelihood"},
     }
@@ -93,10 +94,12 @@ def _models(likelihood_solver: dict[str, Any], glow: dict[str, int], realnvp: di
     return models
 
 
-def mrcnf_recipe(levels: int, flat_backgrounds: bool) -> dict[str, Any]:
+def mrcnf_recipe(levels: int, flat_backgrounds: bool, bin_warp: bool = False) -> dict[str, Any]:
     """The issue-11 MRCNF (docs/benchmarks.md, "What made the difference"): residual level nets (the finest
     detail level one block, the coarser levels two; width 64, 48 at the finest level of natural images),
-    logit α = 1e-3 and, for images with flat (black) backgrounds, the asinh stretch of the detail levels."""
+    logit α = 1e-3, for images with flat (black) backgrounds the asinh stretch of the detail levels, and with
+    ``bin_warp`` the warp of the black and saturated pixels' dequantisation noise (``BIN_WARP``, "The
+    edge-bin warp"; the harness's recipes have it, ``resolution.py``'s cost measurements predate it)."""
     finest = {"hidden_channels": 64 if flat_backgrounds else 48, "num_blocks": 1}
     rest = {"hidden_channels": 64, "num_blocks": 2}
     spec: dict[str, Any] = {
@@ -106,7 +109,14 @@ def mrcnf_recipe(levels: int, flat_backgrounds: bool) -> dict[str, Any]:
     }
     if flat_backgrounds:
         spec["detail_stretch"] = 1 / 256
+    if bin_warp:
+        spec["bin_warp"] = dict(BIN_WARP)
     return spec
+
+
+# the edge-bin warp (flowplug.bin_warp; run_model gives it the data's n_bins): a = 1/3 made all-black images
+# cost MRCNF 0.004 BPD where a = 1/2 left 0.019 and no warp 0.225 (docs/benchmarks.md, "The edge-bin warp")
+BIN_WARP = {"power": 1 / 3}
 
 
 def single_resolution_recipe() -> dict[str, Any]:
@@ -118,7 +128,10 @@ def single_resolution_recipe() -> dict[str, Any]:
 
 
 # the recipe models rebuild their per-level nets when --levels changes the number of levels
-_RECIPES = {"mrcnf (recipe, flat backgrounds)": True, "mrcnf (recipe, natural images)": False}
+# (flat backgrounds, bin warp) of each; the "no warp" recipes are those of the sections before the warp
+_RECIPES = {"mrcnf (recipe, flat backgrounds)": (True, True), "mrcnf (recipe, natural images)": (False, True),
+            "mrcnf (recipe, flat backgrounds, no warp)": (True, False),
+            "mrcnf (recipe, natural images, no warp)": (False, False)}
 # flow matching at 8e-3, then likelihood fine-tuning at 1e-3 for the last fifth of the budget
 _RECIPE_TRAINING = {"trainer": {"lr": 8e-3, "likelihood_lr": 1e-3}, "likelihood_share": 0.2}
 
@@ -135,7 +148,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                           # the learning rates chosen by the equal-effort search of docs/benchmarks.md
                           # ("Training settings per model"; the others keep the preset's) and the MRCNF
                           # recipes' likelihood phase ("The likelihood phase")
-                          settings={"glow": {"trainer": {"lr": 4e-3}},
+                          settings={"glow": {"trainer": {"lr": 4e-3}}, "glow (bin warp)": {"trainer": {"lr": 4e-3}},
                                     **{name: _RECIPE_TRAINING for name in _RECIPES}}),
     },
     "gpu": {
@@ -173,7 +186,7 @@ def build_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.levels is not None:
             entry["spec"]["levels"] = args.levels
             if name in _RECIPES:
-                entry["spec"] = mrcnf_recipe(args.levels, _RECIPES[name])
+                entry["spec"] = mrcnf_recipe(args.levels, *_RECIPES[name])
         if entry["spec"]["type"] == "single_resolution_cnf":
             entry["spec"].pop("levels", None)
         trainer = {**preset["trainer"], **entry.get("trainer", {}), **args.trainer_options,
@@ -286,7 +299,10 @@ def run_model(job: dict[str, Any]) -> dict[str, Any]:
     evaluation = ImageData(held[: job["eval_images"]], data.n_bins, f"{data.name}[held-out]")
     curve_set = ImageData(held[: job["curve_images"]], data.n_bins, f"{data.name}[curve]")
 
-    model = flowplug.build({**job["spec"], "image_shape": list(data.image_shape)})
+    spec = {**job["spec"], "image_shape": list(data.image_shape)}
+    if spec.get("bin_warp") is not None:  # the warp acts on the data's own quantisation bins
+        spec["bin_warp"] = {**spec["bin_warp"], "n_bins": data.n_bins}
+    model = flowplug.build(spec)
     budget_s = 60 * job["minutes"]
     options = dict(job["trainer"])
     # the likelihood phase counts back from the end of the whole budget, each chunk's fit from its own end
