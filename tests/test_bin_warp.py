@@ -151,6 +151,7 @@ def test_baselines_take_the_bin_warp_with_its_exact_log_det(name):
     model = flowplug.build({"type": name, "image_shape": [1, 4, 4], "levels": 1, "depth": 1,
                             "hidden_channels": 4, "bin_warp": {"n_bins": 17, "power": 0.5}}).double()
     plain = flowplug.build({**model.config, "bin_warp": None}).double()
+    assert "bin_warp" not in plain.config  # as older versions wrote it: their checkpoints still resume
     v = _edge_heavy_images(17, torch.Generator().manual_seed(4))
     model.log_prob(v)  # ActNorm's data-dependent initialisation
     plain.load_state_dict(model.state_dict())

@@ -76,9 +76,11 @@ class _MultiscaleModel(FlowModel):
         if not 0.0 <= alpha < 0.5:
             raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}")
         self.image_shape = image_shape
-        self.config = config
-        if bin_warp is not None:
+        if bin_warp is None:  # configs without a warp stay as older versions wrote them (checkpoints compare them)
+            config.pop("bin_warp", None)
+        else:
             self.bin_warp = EdgeBinWarp(**bin_warp)
+        self.config = config
 
         base, flows, merges = [], [], []
         for i in range(levels):
