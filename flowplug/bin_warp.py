@@ -83,7 +83,7 @@ class EdgeBinWarp(Flow):
         # Elsewhere w is a harmless 0.5, so no inf or nan enters the gradients through torch.where.
         finfo = torch.finfo(v.dtype)
         w = torch.where(edge, scaled - offset, scaled.new_tensor(0.5)).clamp(finfo.tiny, 1 - finfo.eps)
-        logit_w = torch.log(w) - torch.log1p(-w)
+        logit_w = torch.logit(w)
         warped = torch.sigmoid(power * logit_w)
         out = torch.where(edge, (offset + warped) / n, v)
         log_det = torch.where(edge, _log_slope(logit_w, power), v.new_zeros(()))

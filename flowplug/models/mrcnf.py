@@ -237,7 +237,8 @@ class MRCNF(FlowModel):
         _check_level_options(level_options)
         per_level_net = _per_level_net_options(net_options, levels)
         channels = self.image_shape[0]
-        self.bin_warp = None if bin_warp is None else EdgeBinWarp(**bin_warp)
+        if bin_warp is not None:
+            self.bin_warp = EdgeBinWarp(**bin_warp)
         self.levels = nn.ModuleList()
         for s in range(levels):
             shape = self.level_shape(s)
@@ -335,7 +336,8 @@ class MRCNF(FlowModel):
 
     def _level_inputs(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """``(tensor, context)`` of every level for images ``v``, after the input checks: ``(y_s, x_{s+1})``
-        for the detail levels — each coarse image is the one the transform produced from ``v`` — and
+        for the detail levels — each coarse image is the one the transform produced from ``v`` (after the
+        ``bin_warp``, if any) — and
         ``(x_{S-1}, None)`` for the coarsest. Every pixel of ``v`` must lie in ``[0, 1]`` (the logit's domain;
         a detail level would otherwise accept images whose block means happen to fit): one vectorised check."""
         return self._cascade(self._warped(v)[0])
