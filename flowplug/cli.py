@@ -137,10 +137,12 @@ def _check_out(path: Path, folder: bool) -> None:
 
 _TRAIN_FLAGS = ("steps", "epochs", "minutes", "clock", "batch_size", "accumulation", "lr", "ema_decay", "precision",
                 "seed", "objective", "likelihood_after", "likelihood_minutes", "likelihood_lr", "trainable_levels",
-                "hflip", "eval_every", "sample_every", "checkpoint_every", "num_samples", "temperature")
+                "likelihood_levels", "hflip", "eval_every", "sample_every", "checkpoint_every", "num_samples",
+                "temperature")
 """The :class:`TrainConfig` fields ``flowplug train`` offers as flags (``--batch-size`` for ``batch_size``); a
 flag that is not given leaves the preset's or config file's value, or the field's default."""
 _FLAG_NAMES = {"trainable_levels": "levels"}
+_LEVEL_FLAGS = ("trainable_levels", "likelihood_levels")
 _FLAG_HELP = {
     "objective": "training objective (CNF models can use flow_matching; a spec with parameters goes in "
                  "a --config file)",
@@ -149,6 +151,8 @@ _FLAG_HELP = {
     "likelihood_minutes": "start the likelihood phase when this many minutes of the --minutes budget are left",
     "likelihood_lr": "learning rate of the likelihood phase (default: the run's schedule goes on)",
     "trainable_levels": "train only these levels of a multi-level model (e.g. 0,1)",
+    "likelihood_levels": "train only these levels in the likelihood phase (e.g. 0); the others are frozen and "
+                         "not solved in its steps",
     "hflip": "random left-right flips",
     "clock": "what --minutes counts: wall (elapsed) or process (this process's CPU seconds, for shared machines)",
 }
@@ -156,7 +160,7 @@ _FLAG_HELP = {
 
 def _flag_type(name: str) -> Any:
     """The argparse type of a TrainConfig field: its annotation without ``None`` (objective: a name)."""
-    if name == "trainable_levels":
+    if name in _LEVEL_FLAGS:
         return _level_list
     if name == "objective":
         return str
@@ -175,7 +179,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, action="store_true", default=None, help=_FLAG_HELP.get(name))
         else:
             parser.add_argument(flag, dest=name, type=kind, choices=choices.get(name),
-                                metavar="S[,S...]" if name == "trainable_levels" else None,
+                                metavar="S[,S...]" if name in _LEVEL_FLAGS else None,
                                 help=_FLAG_HELP.get(name))
 
 
@@ -225,7 +229,8 @@ def _parent(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, A
     """``--grow-from``: the parent model, its record and the trainer options the grown run starts from (the
     parent run's, except its schedule when the flags give a budget, with the levels ``--old-levels`` trains)."""
     model, parent = load_parent(args.grow_from, data)
-    dropped = {"trainable_levels", "progress", "checkpoint_every"}
+    # level indices shift by one in the grown model, so the parent's level choices do not carry over
+    dropped = {"trainable_levels", "likelihood_levels", "progress", "checkpoint_every"}
     if any(getattr(args, key) is not None for key in ("steps", "epochs", "minutes")):
         dropped.add("schedule")  # the schedule follows the new budget
     preset = {k: v for k, v in (parent["trainer_config"] or {}).items() if k not in dropped}

@@ -93,6 +93,16 @@ class FlowModel(nn.Module, ABC):
         if levels is not None:
             raise ValueError(f"trainable_levels needs a multi-level model, {type(self).__name__} has no levels")
 
+    def frozen_levels(self) -> list[int]:
+        """The levels none of whose parameters is trained (see :meth:`set_trainable_levels`); none here."""
+        return []
+
+    def trainable_log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        """``log p(v)`` less the terms of :meth:`frozen_levels`, per sample: what the likelihood's gradient
+        needs. A frozen level's term is a constant to the optimiser and would cost a pass (an ODE solve for a
+        CNF level); without frozen levels this is :meth:`log_prob`."""
+        return self.log_prob(v)
+
     @property
     def is_continuous(self) -> bool:
         """Whether the model integrates ODEs (holds a CNF): such models train in float32 by default."""

@@ -312,6 +312,20 @@ class MRCNF(FlowModel):
         """``log p(v)`` per sample (the Haar transform adds nothing: its log-determinant is 0)."""
         return torch.stack(self.level_log_probs(v)).sum(0)
 
+    def trainable_log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        """``log p(v)`` without the terms of frozen levels, whose solves are skipped (see
+        :meth:`FlowModel.trainable_log_prob`); the warp's log-determinant, a constant, is kept."""
+        warped, log_det = self._warped(v)
+        frozen = set(self.frozen_levels())
+        if len(frozen) == self.num_levels:
+            raise ValueError("every level of this MRCNF is frozen: there is no likelihood term to train")
+        terms = [
+            level.log_prob(x, context)
+            for s, (level, (x, context)) in enumerate(zip(self.levels, self._cascade(warped), strict=True))
+            if s not in frozen
+        ]
+        return torch.stack(terms).sum(0) + log_det
+
     def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Density direction: ``v`` → latents ``[z_0, …, z_{S-1}]`` (index = level) and the total log-det."""
         warped, log_det = self._warped(v)
@@ -371,10 +385,10 @@ class MRCNF(FlowModel):
         ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to
         :meth:`flowplug.CNF.flow_matching_loss`. A frozen level (no parameter requires a gradient, see
         :meth:`set_trainable_levels`, e.g. the old levels after :meth:`grow`) is not computed: its term is 0."""
+        frozen = set(self.frozen_levels())
         return [
-            level.flow_matching_loss(x, context, sigma, **options).mean()
-            if any(p.requires_grad for p in level.parameters()) else x.new_zeros(())
-            for level, (x, context) in zip(self.levels, self._level_inputs(v), strict=True)
+            x.new_zeros(()) if s in frozen else level.flow_matching_loss(x, context, sigma, **options).mean()
+            for s, (level, (x, context)) in enumerate(zip(self.levels, self._level_inputs(v), strict=True))
         ]
 
     # -------------------------------------------------------------------------------------------- sampling
@@ -422,6 +436,10 @@ class MRCNF(FlowModel):
         chosen = set(range(self.num_levels)) if levels is None else {self._level_index(s) for s in levels}
         for s, level in enumerate(self.levels):
             level.requires_grad_(s in chosen)
+
+    def frozen_levels(self) -> list[int]:
+        """The levels none of whose parameters requires a gradient."""
+        return [s for s, level in enumerate(self.levels) if not any(p.requires_grad for p in level.parameters())]
 
     def _level_index(self, s: int) -> int:
         if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < self.num_levels:

@@ -36,11 +36,17 @@ _KIND = "objective"
 
 @register("likelihood", kind=_KIND)
 def likelihood(model: FlowModel, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Maximum likelihood: the mean negative log-likelihood; logs ``nll`` and ``bpd``."""
-    log_prob = model.log_prob(batch.v)
+    """Maximum likelihood: the mean negative log-likelihood; logs ``nll`` and ``bpd``.
+
+    Frozen levels (:meth:`~flowplug.models.base.FlowModel.set_trainable_levels`: level-wise training, a
+    likelihood phase on some levels) are skipped, their terms being constants to the optimiser: ``nll`` is then
+    that of the trained levels, and no ``bpd`` is logged (it would not be the model's)."""
+    log_prob = model.trainable_log_prob(batch.v)
     nll = -log_prob.mean()
-    bpd = bits_per_dim(log_prob.detach().mean(), math.prod(batch.v.shape[1:]), batch.n_bins)
-    return nll, {"nll": nll.detach(), "bpd": bpd}
+    metrics = {"nll": nll.detach()}
+    if not model.frozen_levels():
+        metrics["bpd"] = bits_per_dim(log_prob.detach().mean(), math.prod(batch.v.shape[1:]), batch.n_bins)
+    return nll, metrics
 
 
 @register("flow_matching", kind=_KIND)

@@ -55,6 +55,19 @@ __all__ = ["Trainer"]
 _LIKELIHOOD = {"type": "likelihood"}
 
 
+def _check_levels(model: FlowModel, levels: list[int]) -> None:
+    """Raise the model's own error now if it has no such ``levels`` (not when the phase starts, minutes into a
+    run), leaving its parameters' trainable flags as they were."""
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        model.set_trainable_levels(levels)
+    except ValueError as error:
+        raise ValueError(f"likelihood_levels {levels}: {error}") from None
+    finally:
+        for parameter, flag in zip(model.parameters(), flags, strict=True):
+            parameter.requires_grad_(flag)
+
+
 class _ObjectiveModule(nn.Module):
     """Wraps model and objective so that DDP sees the whole loss computation as ``forward``."""
 
@@ -114,6 +127,8 @@ class Trainer:
         self._likelihood = get_objective(_LIKELIHOOD)
         if self.config.trainable_levels is not None:
             model.set_trainable_levels(self.config.trainable_levels)
+        if self.config.likelihood_levels is not None:
+            _check_levels(model, self.config.likelihood_levels)
         self._total_steps: int | None = self.config.steps
         self._segment: tuple[int, float] | None = None
         self.likelihood_from: int | None = None
@@ -182,11 +197,17 @@ class Trainer:
         """Continue from the EMA weights (the EMA restarts from them: its warm-up ramp follows the phase's
         first steps) with fresh optimiser moments, at the phase's rate."""
         self.likelihood_from = self.step
+        self._freeze_for_phase()
         if self.ema is not None:
             self.model.load_state_dict(self.ema.module.state_dict())
             self.ema = make_ema(self.model, self.config.ema_decay)
         self.optimizer.state.clear()
         self._apply_rates()
+
+    def _freeze_for_phase(self) -> None:
+        """Train only ``likelihood_levels`` (when set) in the likelihood phase."""
+        if self.config.likelihood_levels is not None:
+            self.model.set_trainable_levels(self.config.likelihood_levels)
 
     def _module(self, n_bins: int) -> nn.Module:
         """The (DDP-wrapped, in a process group) objective module, built on first use and rebuilt
@@ -349,6 +370,8 @@ class Trainer:
         self.skipped_steps = state["skipped_steps"]
         self.best_val_bpd = state["best_val_bpd"]
         self.likelihood_from = state.get("likelihood_from", _phase_of_older_checkpoint(state))
+        if self.likelihood_from is not None:
+            self._freeze_for_phase()
         segment = state.get("schedule_segment")
         self._segment = (int(segment[0]), float(segment[1])) if segment is not None else None
         self._elapsed_before = float(state.get("elapsed_s", 0.0))

@@ -134,6 +134,31 @@ def test_training_only_chosen_levels_leaves_the_others_untouched(tiny_cnf_option
         model.set_trainable_levels([5])
 
 
+@pytest.mark.parametrize("warp", [False, True])
+def test_trainable_log_prob_leaves_out_exactly_the_frozen_levels_terms_without_solving_them(tiny_cnf_options, warp):
+    bin_warp = {"n_bins": 256, "power": 0.5} if warp else None
+    model = perturb(MRCNF((1, 4, 4), levels=2, bin_warp=bin_warp, **tiny_cnf_options).double())
+    v = images(4, (1, 4, 4))
+    warp_log_det = model.bin_warp.inverse(v)[1] if warp else 0.0
+    with torch.no_grad():
+        terms = model.level_log_probs(v)  # the finest level's term includes the warp's log-determinant
+        assert model.frozen_levels() == []
+        torch.testing.assert_close(model.trainable_log_prob(v), model.log_prob(v), rtol=0, atol=1e-12)
+
+        def no_solve(*args, **kwargs):
+            raise AssertionError("a frozen level's term was computed")
+
+        for frozen, expected in (([1], terms[0]), ([0], terms[1] + warp_log_det)):
+            model.set_trainable_levels([s for s in range(2) if s not in frozen])
+            assert model.frozen_levels() == frozen
+            model.levels[frozen[0]].log_prob = no_solve
+            torch.testing.assert_close(model.trainable_log_prob(v), expected, rtol=0, atol=1e-12)
+            del model.levels[frozen[0]].log_prob
+    model.set_trainable_levels([])
+    with pytest.raises(ValueError, match="every level of this MRCNF is frozen"):
+        model.trainable_log_prob(v)
+
+
 def test_growing_keeps_the_old_levels_terms(tiny_cnf_options):
     torch.manual_seed(0)
     small = perturb(MRCNF((1, 4, 4), levels=2, **tiny_cnf_options).double()).eval()

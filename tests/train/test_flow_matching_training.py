@@ -81,6 +81,41 @@ def test_likelihood_phase_continues_from_the_ema_weights_with_fresh_moments(tiny
     assert any(not torch.equal(trainer.ema.module.state_dict()[k], averaged[k]) for k in averaged)
 
 
+def test_likelihood_phase_on_some_levels_freezes_the_others_and_skips_their_solves(tiny_data, tmp_path):
+    config = TrainConfig(steps=6, objective="flow_matching", likelihood_after=3, likelihood_levels=[0], **FAST)
+    trainer = Trainer(tiny_mrcnf(), config, out_dir=tmp_path, device="cpu")
+    solves = [m for m in trainer.model.levels[1].modules() if isinstance(m, flowplug.CNF)]
+    start, begin = {}, trainer._begin_likelihood_phase
+
+    def recording_begin():  # level 1 as the phase starts (the EMA weights), and its solves from then on
+        begin()
+        assert trainer.model.frozen_levels() == [1]
+        start.update({k: v.clone() for k, v in trainer.model.levels[1].state_dict().items()})
+        for cnf in solves:
+            cnf.reset_nfe()
+
+    trainer._begin_likelihood_phase = recording_begin
+    trainer.fit(tiny_data)
+    assert trainer.likelihood_from == 3 and start
+    assert sum(cnf.nfe.total for cnf in solves) == 0  # the frozen level's term was never computed
+    for weights in (trainer.model.levels[1].state_dict(), trainer.ema.module.levels[1].state_dict()):
+        assert all(torch.equal(value, start[key]) for key, value in weights.items())
+    assert sorted(read_metric(tmp_path, "nll")) == [4, 5, 6]
+    assert not read_metric(tmp_path, "bpd")  # the trained levels' nll is not the model's bits per dimension
+
+
+def test_likelihood_levels_are_checked_against_the_model_and_the_trainable_levels():
+    with pytest.raises(ValueError, match=r"likelihood_levels \[1\] must be among the trainable_levels \[0\]"):
+        TrainConfig(steps=1, trainable_levels=[0], likelihood_levels=[1], **FAST)
+    for levels in ([], [0, 0], [-1], "0", [True]):
+        with pytest.raises(ValueError, match="likelihood_levels must be a non-empty list of distinct level"):
+            TrainConfig(steps=1, likelihood_levels=levels, **FAST)
+    model = tiny_mrcnf()
+    with pytest.raises(ValueError, match=r"likelihood_levels \[2\]: level 2 does not exist"):
+        Trainer(model, TrainConfig(steps=1, likelihood_levels=[2], **FAST), device="cpu")
+    assert model.frozen_levels() == []  # the check left every level trainable
+
+
 def test_likelihood_minutes_start_the_phase_before_the_end_of_the_budget(tiny_data, tmp_path, monkeypatch):
     trainer = Trainer(tiny_mrcnf(), TrainConfig(minutes=1.0, likelihood_minutes=0.25, objective="flow_matching",
                                                 **FAST), out_dir=tmp_path, device="cpu")
@@ -92,11 +127,12 @@ def test_likelihood_minutes_start_the_phase_before_the_end_of_the_budget(tiny_da
     assert trainer.likelihood_from == 5
 
 
-@pytest.mark.parametrize("interrupted_at", [3, 4])
-def test_resume_at_or_inside_the_likelihood_phase_continues_the_run_exactly(tiny_data, tmp_path, interrupted_at):
+@pytest.mark.parametrize(("interrupted_at", "levels"), [(3, None), (4, None), (4, [1])])
+def test_resume_at_or_inside_the_likelihood_phase_continues_the_run_exactly(tiny_data, tmp_path, interrupted_at,
+                                                                            levels):
     def run(folder, steps, resume=False):
         config = TrainConfig(steps=steps, objective="flow_matching", likelihood_after=3, likelihood_lr=1e-3,
-                             checkpoint_every=1, **FAST)
+                             likelihood_levels=levels, checkpoint_every=1, **FAST)
         trainer = Trainer(tiny_mrcnf(), config, out_dir=folder, device="cpu")
         trainer.fit(tiny_data, resume=resume)
         return trainer
@@ -106,6 +142,7 @@ def test_resume_at_or_inside_the_likelihood_phase_continues_the_run_exactly(tiny
     resumed = run(tmp_path / "parts", 6, resume=True)
     assert read_metric(tmp_path / "parts", "nll") == read_metric(tmp_path / "whole", "nll")
     assert resumed.likelihood_from == whole.likelihood_from == 3
+    assert resumed.model.frozen_levels() == whole.model.frozen_levels() == ([] if levels is None else [0])
     for a, b in zip(whole.ema.module.state_dict().values(), resumed.ema.module.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
