@@ -94,13 +94,18 @@ def _models(likelihood_solver: dict[str, Any], glow: dict[str, int], realnvp: di
     return models
 
 
-def mrcnf_recipe(levels: int, flat_backgrounds: bool, bin_warp: bool = False) -> dict[str, Any]:
-    """The issue-11 MRCNF (docs/benchmarks.md, "What made the difference"): residual level nets (the finest
-    detail level one block, the coarser levels two; width 64, 48 at the finest level of natural images),
-    logit α = 1e-3, for images with flat (black) backgrounds the asinh stretch of the detail levels, and with
-    ``bin_warp`` the warp of the black and saturated pixels' dequantisation noise (``BIN_WARP``, "The
-    edge-bin warp"; the harness's recipes have it, ``resolution.py``'s cost measurements predate it)."""
-    finest = {"hidden_channels": 64 if flat_backgrounds else 48, "num_blocks": 1}
+def mrcnf_recipe(levels: int, flat_backgrounds: bool, bin_warp: bool = False,
+                 deep_finest: bool = False) -> dict[str, Any]:
+    """The issue-11 MRCNF (docs/benchmarks.md, "What made the difference"): residual level nets (the coarser levels
+    two blocks of width 64; the finest detail level one block, of width 48 for natural images and 64 otherwise,
+    or with ``deep_finest`` two blocks of width 64), logit α = 1e-3, for images with flat (black) backgrounds the
+    asinh stretch of the detail levels, and with ``bin_warp`` the warp of the black and saturated pixels'
+    dequantisation noise (``BIN_WARP``, "The edge-bin warp"). The harness's recipes have the warp and the deep
+    finest level; ``resolution.py``'s cost measurements predate both."""
+    if deep_finest:
+        finest = {"hidden_channels": 64, "num_blocks": 2}
+    else:
+        finest = {"hidden_channels": 64 if flat_backgrounds else 48, "num_blocks": 1}
     rest = {"hidden_channels": 64, "num_blocks": 2}
     spec: dict[str, Any] = {
         "type": "mrcnf", "levels": levels, "net": "res_odenet",
@@ -127,11 +132,15 @@ def single_resolution_recipe() -> dict[str, Any]:
             "eval_solver": _EVAL_SOLVER}
 
 
-# the recipe models rebuild their per-level nets when --levels changes the number of levels
-# (flat backgrounds, bin warp) of each; the "no warp" recipes are those of the sections before the warp
-_RECIPES = {"mrcnf (recipe, flat backgrounds)": (True, True), "mrcnf (recipe, natural images)": (False, True),
-            "mrcnf (recipe, flat backgrounds, no warp)": (True, False),
-            "mrcnf (recipe, natural images, no warp)": (False, False)}
+# the recipe models rebuild their per-level nets when --levels changes the number of levels; (flat backgrounds,
+# bin warp, deep finest level) of each: the "one-block finest level" recipes are those of the sections before
+# "A deeper finest level", the "no warp" ones those before "The edge-bin warp"
+_RECIPES = {"mrcnf (recipe, flat backgrounds)": (True, True, True),
+            "mrcnf (recipe, natural images)": (False, True, True),
+            "mrcnf (recipe, flat backgrounds, one-block finest level)": (True, True, False),
+            "mrcnf (recipe, natural images, one-block finest level)": (False, True, False),
+            "mrcnf (recipe, flat backgrounds, no warp)": (True, False, False),
+            "mrcnf (recipe, natural images, no warp)": (False, False, False)}
 # flow matching at 8e-3, then likelihood fine-tuning of the finest level alone at 2e-3 for the last fifth of the
 # budget (docs/benchmarks.md, "The likelihood phase on the finest level": three times the steps of a phase on
 # every level and more gain; 2e-3 was the best of {1, 2, 4}e-3 on MNIST and CIFAR-10)
