@@ -301,12 +301,18 @@ class MRCNF(FlowModel):
     def level_log_probs(self, v: torch.Tensor) -> list[torch.Tensor]:
         """``[log p(y_0 | x_1), …, log p(y_{S-2} | x_{S-1}), log p(x_{S-1})]``; they sum to :meth:`log_prob`."""
         warped, warp_log_det = self._warped(v)
-        terms = [
-            level.log_prob(x, context)
-            for level, (x, context) in zip(self.levels, self._cascade(warped), strict=True)
-        ]
+        terms = self._log_probs_of(warped, range(self.num_levels))
         terms[0] = terms[0] + warp_log_det
         return terms
+
+    def _log_probs_of(self, warped: torch.Tensor, levels: Iterable[int]) -> list[torch.Tensor]:
+        """The terms ``log p_s`` of ``levels`` (in level order) for warped images; other levels are not solved."""
+        chosen = set(levels)
+        return [
+            level.log_prob(x, context)
+            for s, (level, (x, context)) in enumerate(zip(self.levels, self._cascade(warped), strict=True))
+            if s in chosen
+        ]
 
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
         """``log p(v)`` per sample (the Haar transform adds nothing: its log-determinant is 0)."""
@@ -316,15 +322,10 @@ class MRCNF(FlowModel):
         """``log p(v)`` without the terms of frozen levels, whose solves are skipped (see
         :meth:`FlowModel.trainable_log_prob`); the warp's log-determinant, a constant, is kept."""
         warped, log_det = self._warped(v)
-        frozen = set(self.frozen_levels())
-        if len(frozen) == self.num_levels:
+        trained = set(range(self.num_levels)) - set(self.frozen_levels())
+        if not trained:
             raise ValueError("every level of this MRCNF is frozen: there is no likelihood term to train")
-        terms = [
-            level.log_prob(x, context)
-            for s, (level, (x, context)) in enumerate(zip(self.levels, self._cascade(warped), strict=True))
-            if s not in frozen
-        ]
-        return torch.stack(terms).sum(0) + log_det
+        return torch.stack(self._log_probs_of(warped, trained)).sum(0) + log_det
 
     def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Density direction: ``v`` → latents ``[z_0, …, z_{S-1}]`` (index = level) and the total log-det."""
