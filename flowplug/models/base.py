@@ -88,10 +88,15 @@ class FlowModel(nn.Module, ABC):
         """The flow-matching objective: the sum over levels of :meth:`level_flow_matching_losses`."""
         return torch.stack(self.level_flow_matching_losses(v, sigma, **options)).sum()
 
+    def check_levels(self, levels: Iterable[int]) -> list[int]:
+        """``levels`` as a list if this model has each of them, else ``ValueError`` naming the first it lacks;
+        changes nothing. Single-level models have no levels to name."""
+        raise ValueError(f"trainable_levels needs a multi-level model, {type(self).__name__} has no levels")
+
     def set_trainable_levels(self, levels: Iterable[int] | None) -> None:
         """Train only ``levels`` and freeze the others (``None``: all); single-level models only accept ``None``."""
         if levels is not None:
-            raise ValueError(f"trainable_levels needs a multi-level model, {type(self).__name__} has no levels")
+            self.check_levels(levels)
 
     def frozen_levels(self) -> list[int]:
         """The levels none of whose parameters is trained (see :meth:`set_trainable_levels`); none here."""

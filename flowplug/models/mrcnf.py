@@ -434,9 +434,13 @@ class MRCNF(FlowModel):
     # -------------------------------------------------------------------------------- level-wise training
     def set_trainable_levels(self, levels: Iterable[int] | None) -> None:
         """Train only ``levels`` (numbered as in ``docs/design.md`` §1), freeze the others; ``None`` trains all."""
-        chosen = set(range(self.num_levels)) if levels is None else {self._level_index(s) for s in levels}
+        chosen = set(range(self.num_levels)) if levels is None else set(self.check_levels(levels))
         for s, level in enumerate(self.levels):
             level.requires_grad_(s in chosen)
+
+    def check_levels(self, levels: Iterable[int]) -> list[int]:
+        """``levels`` as a list if each is one of this model's (``0 … num_levels − 1``), else ``ValueError``."""
+        return [self._level_index(s) for s in levels]
 
     def frozen_levels(self) -> list[int]:
         """The levels none of whose parameters requires a gradient."""

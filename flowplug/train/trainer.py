@@ -57,15 +57,11 @@ _LIKELIHOOD = {"type": "likelihood"}
 
 def _check_levels(model: FlowModel, levels: list[int]) -> None:
     """Raise the model's own error now if it has no such ``levels`` (not when the phase starts, minutes into a
-    run), leaving its parameters' trainable flags as they were."""
-    flags = [p.requires_grad for p in model.parameters()]
+    run)."""
     try:
-        model.set_trainable_levels(levels)
+        model.check_levels(levels)
     except ValueError as error:
         raise ValueError(f"likelihood_levels {levels}: {error}") from None
-    finally:
-        for parameter, flag in zip(model.parameters(), flags, strict=True):
-            parameter.requires_grad_(flag)
 
 
 class _ObjectiveModule(nn.Module):

@@ -36,6 +36,8 @@ def test_a_minimal_model_gets_the_defaults():
     model.set_trainable_levels(None)
     with pytest.raises(ValueError, match="_Uniform has no levels"):
         model.set_trainable_levels([0])
+    with pytest.raises(ValueError, match="_Uniform has no levels"):
+        model.check_levels([])
     with pytest.raises(NotImplementedError, match="_Uniform has no flow-matching objective"):
         model.flow_matching_loss(v)
     with pytest.raises(ValueError, match=r"expects images of shape \(B, 1, 2, 2\)"):

@@ -134,6 +134,16 @@ def test_training_only_chosen_levels_leaves_the_others_untouched(tiny_cnf_option
         model.set_trainable_levels([5])
 
 
+def test_checking_levels_names_the_missing_one_and_changes_no_trainable_flag(tiny_cnf_options):
+    model = MRCNF((1, 4, 4), levels=2, **tiny_cnf_options)
+    model.set_trainable_levels([1])
+    flags = [p.requires_grad for p in model.parameters()]
+    assert model.check_levels((0, 1)) == [0, 1]
+    with pytest.raises(ValueError, match=r"level 2 does not exist; this model has levels 0\.\.1"):
+        model.check_levels([0, 2])
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
 @pytest.mark.parametrize("warp", [False, True])
 def test_trainable_log_prob_leaves_out_exactly_the_frozen_levels_terms_without_solving_them(tiny_cnf_options, warp):
     bin_warp = {"n_bins": 256, "power": 0.5} if warp else None
