@@ -243,9 +243,9 @@ class CNF(Flow):
         One time and one noise draw per sample on the straight path of :mod:`flowplug.cnf.flow_matching`;
         ``context`` is passed to the net as in the CNF's own solves; ``sigma`` (``0 ≤ σ < 1``) is the path's
         blur at the data end. ``coupling`` (``"independent"`` or ``"ot"``: minibatch optimal transport) pairs
-        the batch's data with its noise draws; ``time_sampling`` (``"uniform"``, ``"logit_normal"``,
-        ``"power"``; options ``time_options``) draws the times -- see :mod:`flowplug.cnf.coupling`. The
-        defaults draw exactly as before these options existed.
+        the batch's data with its noise draws; ``time_sampling`` (``"uniform"``, ``"stratified"``,
+        ``"logit_normal"``, ``"power"``; options ``time_options``) draws the times -- see
+        :mod:`flowplug.cnf.coupling`. The defaults draw exactly as before these options existed.
         """
         if not 0.0 <= sigma < 1.0:
             raise ValueError(f"sigma must lie in [0, 1), got {sigma}")

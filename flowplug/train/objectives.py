@@ -62,8 +62,8 @@ def flow_matching(
     """Conditional flow matching of the model's CNFs (see :mod:`flowplug.cnf.flow_matching`).
 
     ``coupling`` (``"independent"`` or ``"ot"``, minibatch optimal transport) and ``time_sampling``
-    (``"uniform"``, ``"logit_normal"``, ``"power"``; options ``time_options``) choose how data and noise are
-    paired and the times drawn (:mod:`flowplug.cnf.coupling`); the defaults are the measured best
+    (``"uniform"``, ``"stratified"``, ``"logit_normal"``, ``"power"``; options ``time_options``) choose how data
+    and noise are paired and the times drawn (:mod:`flowplug.cnf.coupling`); the defaults are the measured best
     (``docs/benchmarks.md``, "What made the difference": OT and u² times did not help).
 
     No ODE is solved, so no likelihood is logged during training; evaluation still reports the

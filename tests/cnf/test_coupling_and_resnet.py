@@ -48,7 +48,7 @@ def test_ot_pairing_is_optimal_against_brute_force():
 
 def test_time_samplings_lie_in_the_unit_interval_and_have_their_laws():
     generator = torch.Generator().manual_seed(0)
-    for kind in ("uniform", "logit_normal", "power"):
+    for kind in ("uniform", "stratified", "logit_normal", "power"):
         s = sample_times(kind, 20000, generator=generator)
         assert s.shape == (20000,) and bool(((s >= 0) & (s <= 1)).all())
     # E[u**2] = 1/3: more times near the data end
@@ -57,6 +57,17 @@ def test_time_samplings_lie_in_the_unit_interval_and_have_their_laws():
         1 / (1 + math.e), abs=0.02)
     with pytest.raises(ValueError, match="unknown time sampling"):
         sample_times("cosine", 4)
+
+
+def test_stratified_times_put_one_uniform_time_in_each_nth_of_the_interval():
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_times("stratified", 8, generator=generator) for _ in range(4000)])
+    assert torch.equal(torch.sort((draws * 8).floor(), dim=1).values, torch.arange(8.0).expand(4000, 8))
+    # every position's time is marginally uniform: mean 1/2, variance 1/12, no nth preferred
+    assert draws.mean(0).sub(0.5).abs().max().item() < 0.02
+    assert draws.var(0).sub(1 / 12).abs().max().item() < 0.01
+    counts = torch.bincount((draws[:, 0] * 8).long(), minlength=8)
+    assert counts.min().item() > 400 and counts.max().item() < 600
 
 
 def test_res_odenet_cnf_starts_as_the_identity_flow():
