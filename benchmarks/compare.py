@@ -143,9 +143,13 @@ _RECIPES = {"mrcnf (recipe, flat backgrounds)": (True, True, True),
             "mrcnf (recipe, natural images, no warp)": (False, False, False)}
 # flow matching at 8e-3, then likelihood fine-tuning of the finest level alone at 2e-3 for the last fifth of the
 # budget (docs/benchmarks.md, "The likelihood phase on the finest level": three times the steps of a phase on
-# every level and more gain; 2e-3 was the best of {1, 2, 4}e-3 on MNIST and CIFAR-10)
-_RECIPE_TRAINING = {"trainer": {"lr": 8e-3, "likelihood_lr": 2e-3, "likelihood_levels": [0]},
+# every level and more gain; 2e-3 was the best of {1, 2, 4}e-3 on MNIST and CIFAR-10); batch 16, the best of
+# {8, 16, 32} on MNIST and better than 32 on CIFAR-10 ("Batch size")
+_RECIPE_TRAINING = {"trainer": {"lr": 8e-3, "likelihood_lr": 2e-3, "likelihood_levels": [0], "batch_size": 16},
                     "likelihood_share": 0.2}
+# Glow's rate from the search on MNIST ("Training settings per model"), its batch the best of {8, 16, 32} on
+# CIFAR-10 and within 0.004 BPD of the best on MNIST ("Batch size")
+_GLOW_TRAINING = {"trainer": {"lr": 4e-3, "batch_size": 16}}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -157,10 +161,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "models": _models({"method": "dopri5", "atol": 1e-3, "rtol": 1e-3},
                           glow={"depth": 8, "hidden_channels": 128},
                           realnvp={"depth": 4, "hidden_channels": 128},
-                          # the learning rates chosen by the equal-effort search of docs/benchmarks.md
-                          # ("Training settings per model"; the others keep the preset's) and the MRCNF
-                          # recipes' likelihood phase ("The likelihood phase")
-                          settings={"glow": {"trainer": {"lr": 4e-3}}, "glow (bin warp)": {"trainer": {"lr": 4e-3}},
+                          # the learning rates and batch sizes chosen by the equal-effort searches of
+                          # docs/benchmarks.md ("Training settings per model", "Batch size"; the others keep
+                          # the preset's) and the MRCNF recipes' likelihood phase ("The likelihood phase")
+                          settings={"glow": _GLOW_TRAINING, "glow (bin warp)": _GLOW_TRAINING,
                                     **{name: _RECIPE_TRAINING for name in _RECIPES}}),
     },
     "gpu": {
@@ -396,13 +400,13 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table (one row per model)."""
-    header = ("| model | lr | parameters | steps | s / step | held-out BPD | BPD per level "
+    header = ("| model | lr | batch | parameters | steps | s / step | held-out BPD | BPD per level "
               "(finest detail → coarsest) | NFE / image (eval) | BPD at loose / eval tol "
               "(curve subset) | sampling s / image | peak memory (MiB) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 9)
+            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 10)
             continue
         per_level = (" / ".join(f"{b:.3f}" for b in r["held_out"]["per_level_bpd"])
                      if r["levels"] > 1 else "—")
@@ -410,7 +414,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         tol_text = "—" if tol is None else " / ".join(
             f"{v:.4f}" for k, v in tol.items() if k.startswith("bpd_tol"))
         lines.append(
-            f"| {r['name']} | {_rates(r['trainer'])} | {r['parameters']:,} | {r['steps']:,} | "
+            f"| {r['name']} | {_rates(r['trainer'])} | {r['trainer']['batch_size']} | {r['parameters']:,} | "
+            f"{r['steps']:,} | "
             f"{_fmt(r['time_per_step_s'], 3)} | {r['held_out']['bpd']:.3f} | {per_level} | "
             f"{_fmt(r['nfe_eval'], 0)} | {tol_text} | {r['sample_time_per_image_s']:.3f} | "
             f"{r['peak_memory_mib']:.0f} |"
