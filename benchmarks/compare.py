@@ -404,10 +404,11 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     header = ("| model | lr | batch | parameters | steps | s / step | held-out BPD | BPD per level "
               "(finest detail → coarsest) | NFE / image (eval) | BPD at loose / eval tol "
               "(curve subset) | sampling s / image | peak memory (MiB) |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    columns = header.count("|") - 1
+    lines = [header, "|" + "---|" * columns]
     for r in results:
-        if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 10)
+        if "error" in r:  # the name and the error fill two columns, the rest stay empty
+            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * (columns - 2))
             continue
         per_level = (" / ".join(f"{b:.3f}" for b in r["held_out"]["per_level_bpd"])
                      if r["levels"] > 1 else "—")
