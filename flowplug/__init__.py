@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "components": "flowplug.registry",
     "get_component": "flowplug.registry",
     "register": "flowplug.registry",
+    "recipe": "flowplug.recipes",
+    "recipes": "flowplug.recipes",
     "Standardize": "flowplug.standardize",
     "CheckpointError": "flowplug.train",
     "TrainConfig": "flowplug.train",
@@ -48,7 +50,8 @@ _EXPORTS: dict[str, str] = {
 }
 """Where each public name lives; it is imported on first access."""
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.3.0.dev0"
+"""The package version, in this one place (``pyproject.toml`` reads it; ``flowplug --version`` shows it)."""
 
 __all__ = [
     "CNF",
@@ -80,6 +83,8 @@ __all__ = [
     "haar_reconstruct",
     "load_checkpoint",
     "load_dataset",
+    "recipe",
+    "recipes",
     "register",
 ]
 

@@ -21,45 +21,25 @@ from typing import Any
 
 import torch
 
+from flowplug import __version__
 from flowplug.cnf.solver import ODESolverError
-from flowplug.data import DATASET_NAMES, ImageData, has_own_held_out, load_dataset
-from flowplug.registry import KINDS, build, components, get_component
+from flowplug.data import DATASET_NAMES, ImageData, load_dataset
+from flowplug.recipes import DEFAULT_RECIPE, RecipePlan, load_recipe, plan, recipes
+from flowplug.registry import KINDS, components, get_component
 from flowplug.threads import THREADS_ENV, WAIT_POLICY_ENV, set_threads
-from flowplug.train import CheckpointError, TrainConfig, Trainer, distributed, load_checkpoint, objectives
-from flowplug.train.config import CLOCKS, PRECISIONS
+from flowplug.train import CheckpointError, Trainer, distributed, load_checkpoint, objectives
+from flowplug.train.budget import CLOCKS
+from flowplug.train.config import PRECISIONS, TrainConfig
 from flowplug.train.feedback import save_image_grid
 from flowplug.train.growth import load_parent
-from flowplug.train.rotation import load_latest
+from flowplug.train.run_folder import RunFolder
+from flowplug.train.splits import SPLITS, evaluation_split, training_split
 
-__all__ = ["DEFAULT_MODEL", "OLD_LEVELS", "PRESETS", "main"]
+__all__ = ["OLD_LEVELS", "main"]
 
-DEFAULT_MODEL = "mrcnf"
 OLD_LEVELS = ("frozen", "fine-tune")
 """``flowplug train --grow-from ... --old-levels``: keep the parent's levels fixed (as the paper does) or train
 them together with the new finest level."""
-
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Flow matching trains the CNF levels without ODE solves; evaluation is exact likelihood.
-    # Residual level nets and logit alpha 1e-3 (issue 11): on the embedded digits, 1,000 steps in
-    # 50 CPU-s (1 thread) reach held-out 2.31 bits/dim; the conv-net preset before reached 2.91 in
-    # 2,000 steps and 48 CPU-s (docs/benchmarks.md).
-    "mrcnf": {"model": {"levels": 3, "net": "res_odenet",
-                        "net_options": [{"hidden_channels": 64, "num_blocks": 1},
-                                        {"hidden_channels": 64, "num_blocks": 2},
-                                        {"hidden_channels": 64, "num_blocks": 2}],
-                        "logit_alpha": 1e-3},
-              "train": {"objective": "flow_matching", "steps": 1000, "batch_size": 128,
-                        "lr": 2e-3, "eval_every": 250}},
-    "single_resolution_cnf": {"model": {"hidden_channels": 64},
-                              "train": {"objective": "flow_matching", "steps": 2000,
-                                        "batch_size": 128, "lr": 2e-3, "eval_every": 500}},
-    "glow": {"model": {"levels": 2, "depth": 4, "hidden_channels": 32},
-             "train": {"steps": 500, "batch_size": 64}},
-    "realnvp": {"model": {"levels": 2, "depth": 3, "hidden_channels": 32},
-                "train": {"steps": 500, "batch_size": 64}},
-}
-"""Per-model defaults for ``flowplug train --model NAME``: model keyword arguments (besides
-``image_shape``) and trainer options used when the command line does not set them."""
 
 
 def _level_list(text: str) -> list[int]:
@@ -69,52 +49,68 @@ def _level_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"levels must be comma-separated integers, got {text!r}") from None
 
 
+def _json_list(text: str) -> list[Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of phases, got {text!r}")
+    return value
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object of net options, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
 
 
-def _model_spec(args: argparse.Namespace, data: ImageData,
-                resumed: dict[str, Any] | None) -> tuple[dict[str, Any], dict]:
-    """The model spec and the trainer options the model or config file brings; a resume without
-    ``--model`` or ``--config`` rebuilds the checkpoint's own model (a grown one too)."""
-    if resumed is not None and args.model is None and args.config is None:
-        spec, train = dict(resumed["model_config"]), {}
-    elif args.config is not None:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config file {str(path)!r} is not valid JSON: {error}") from None
-        if not isinstance(config, dict) or "model" not in config:
-            raise ValueError(f"config file {str(path)!r} needs a 'model' spec "
-                             "(and optionally 'train' options)")
-        unknown = sorted(set(config) - {"model", "train"})
-        if unknown:
-            raise ValueError(f"config file {str(path)!r} has unknown top-level key(s) {unknown}; "
-                             "it holds 'model' and optionally 'train'")
+def _config_file(path: str) -> dict[str, Any]:
+    """A ``--config`` file: ``{"model": spec, "train": options}``."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {str(file)!r} does not exist")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {str(file)!r} is not valid JSON: {error}") from None
+    if not isinstance(config, dict) or "model" not in config:
+        raise ValueError(f"config file {str(file)!r} needs a 'model' spec (and optionally 'train' options)")
+    unknown = sorted(set(config) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"config file {str(file)!r} has unknown top-level key(s) {unknown}; "
+                         "it holds 'model' and optionally 'train'")
+    return config
+
+
+def _plan(args: argparse.Namespace, data: ImageData, resumed: Any) -> RecipePlan:
+    """What ``flowplug train`` builds: a recipe fitted to the data (``--recipe``, default ``mrcnf``) or a
+    ``--config`` file's model and options, the flags over them. A resume keeps the run's own options (a config
+    file's over them, then the flags) and, without ``--recipe`` or ``--config``, its own model."""
+    flags = _train_flags(args)
+    config = _config_file(args.config) if args.config is not None else None
+    if config is not None:
         spec = config["model"] if isinstance(config["model"], dict) else {"type": config["model"]}
-        train = config.get("train", {})
+        spec = {"image_shape": list(data.image_shape), **spec, **(args.model_options or {})}
+        fitted = RecipePlan(f"config file {args.config}", spec, _options(config.get("train", {}), flags))
+    elif resumed is not None and args.recipe is None:
+        fitted = RecipePlan("the resumed checkpoint", {**resumed.model_config, **(args.model_options or {})}, {})
     else:
-        name = args.model or DEFAULT_MODEL
-        preset = PRESETS.get(name, {"model": {}, "train": {}})
-        spec, train = {"type": name, **preset["model"]}, dict(preset["train"])
-    info = get_component(spec.get("type", ""))
+        fitted = plan(args.recipe or DEFAULT_RECIPE, data, model=args.model_options, train=flags)
+    if resumed is not None:
+        fitted.train = _options({**(resumed.trainer_config or {}), **(config or {}).get("train", {})}, flags)
+    info = get_component(fitted.model.get("type", ""))
     if info.kind != "model":
-        raise ValueError(f"{info.name!r} is a {info.kind}, not a model; models: "
-                         f"{', '.join(components('model'))}")
-    spec.setdefault("image_shape", list(data.image_shape))
-    if list(spec["image_shape"]) != list(data.image_shape):
-        raise ValueError(f"the model spec is for images {tuple(spec['image_shape'])} (C, H, W) but {data.name} "
-                         f"has {data.image_shape}: {_shape_difference(spec['image_shape'], data.image_shape)}")
-    return spec, train
+        raise ValueError(f"{info.name!r} is a {info.kind}, not a model; models: {', '.join(components('model'))}")
+    if list(fitted.model["image_shape"]) != list(data.image_shape):
+        raise ValueError(f"the model spec is for images {tuple(fitted.model['image_shape'])} (C, H, W) but "
+                         f"{data.name} has {data.image_shape}: "
+                         f"{_shape_difference(fitted.model['image_shape'], data.image_shape)}")
+    return fitted
 
 
 def _shape_difference(model: Sequence[int], data: Sequence[int]) -> str:
@@ -136,34 +132,41 @@ def _check_out(path: Path, folder: bool) -> None:
 
 
 _TRAIN_FLAGS = ("steps", "epochs", "minutes", "clock", "batch_size", "accumulation", "lr", "ema_decay", "precision",
-                "seed", "objective", "likelihood_after", "likelihood_minutes", "likelihood_lr", "trainable_levels",
-                "likelihood_levels", "hflip", "eval_every", "sample_every", "checkpoint_every", "num_samples",
-                "temperature")
+                "seed", "objective", "phases", "trainable_levels", "hflip", "eval_every", "eval_points",
+                "sample_every", "checkpoint_every", "num_samples", "temperature")
 """The :class:`TrainConfig` fields ``flowplug train`` offers as flags (``--batch-size`` for ``batch_size``); a
-flag that is not given leaves the preset's or config file's value, or the field's default."""
+flag that is not given leaves the recipe's, config file's or resumed run's value."""
 _FLAG_NAMES = {"trainable_levels": "levels"}
-_LEVEL_FLAGS = ("trainable_levels", "likelihood_levels")
 _FLAG_HELP = {
-    "objective": "training objective (CNF models can use flow_matching; a spec with parameters goes in "
-                 "a --config file)",
-    "likelihood_after": "start the likelihood fine-tuning phase at this step (from the EMA weights, with fresh "
-                        "optimiser moments)",
-    "likelihood_minutes": "start the likelihood phase when this many minutes of the --minutes budget are left",
-    "likelihood_lr": "learning rate of the likelihood phase (default: the run's schedule goes on)",
-    "trainable_levels": "train only these levels of a multi-level model (e.g. 0,1)",
-    "likelihood_levels": "train only these levels in the likelihood phase (e.g. 0); the others are frozen and "
-                         "not solved in its steps",
-    "hflip": "random left-right flips",
+    "steps": "train this many optimiser steps (a budget given replaces the recipe's whole budget)",
+    "epochs": "train this many passes over the training images",
+    "minutes": "train this many minutes (of --clock); evaluations and checkpoints do not count",
     "clock": "what --minutes counts: wall (elapsed) or process (this process's CPU seconds, for shared machines)",
+    "batch_size": "images per optimiser step",
+    "accumulation": "micro-batches per step (gradient accumulation)",
+    "lr": "learning rate (the base of the schedule)",
+    "ema_decay": "decay of the weights' moving average that evaluation and samples use",
+    "precision": "number format (auto: bf16 on CUDA for discrete flows, float32 otherwise)",
+    "seed": "seed of the model's initialisation, the data order, the noise and the held-out split",
+    "objective": "the objective of a one-phase run (CNF models can use flow_matching); replaces the plan",
+    "phases": "the training plan as JSON, e.g. '[{\"objective\": \"flow_matching\", \"until\": 0.65}, "
+              "{\"objective\": \"likelihood\", \"levels\": [0], \"lr\": 0.002}]'",
+    "trainable_levels": "train only these levels of a multi-level model (e.g. 0,1)",
+    "hflip": "random left-right flips",
+    "eval_every": "evaluate the held-out images every this many steps",
+    "eval_points": "evaluate the held-out images at this many evenly spaced points of the budget",
+    "sample_every": "save a grid of samples every this many steps",
+    "checkpoint_every": "checkpoint every this many steps (default: at each quarter of the budget)",
+    "num_samples": "images per saved grid",
+    "temperature": "temperature of the saved grids",
 }
 
 
 def _flag_type(name: str) -> Any:
     """The argparse type of a TrainConfig field: its annotation without ``None`` (objective: a name)."""
-    if name in _LEVEL_FLAGS:
-        return _level_list
-    if name == "objective":
-        return str
+    special = {"trainable_levels": _level_list, "objective": str, "phases": _json_list}
+    if name in special:
+        return special[name]
     annotation = typing.get_type_hints(TrainConfig)[name]
     if isinstance(annotation, types.UnionType):
         return next(a for a in typing.get_args(annotation) if a is not type(None))
@@ -172,34 +175,38 @@ def _flag_type(name: str) -> Any:
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     choices = {"precision": PRECISIONS, "objective": objectives(), "clock": CLOCKS}
+    metavars = {"trainable_levels": "S[,S...]", "phases": "JSON"}
     for name in _TRAIN_FLAGS:
         flag = "--" + _FLAG_NAMES.get(name, name).replace("_", "-")
         kind = _flag_type(name)
         if kind is bool:
-            parser.add_argument(flag, dest=name, action="store_true", default=None, help=_FLAG_HELP.get(name))
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=_FLAG_HELP[name])
         else:
-            parser.add_argument(flag, dest=name, type=kind, choices=choices.get(name),
-                                metavar="S[,S...]" if name in _LEVEL_FLAGS else None,
-                                help=_FLAG_HELP.get(name))
+            parser.add_argument(flag, dest=name, type=kind, choices=choices.get(name), metavar=metavars.get(name),
+                                help=_FLAG_HELP[name])
 
 
-def _trainer_config(args: argparse.Namespace, preset: dict[str, Any]) -> TrainConfig:
-    options = dict(preset)
+def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The trainer options the flags give (``--objective`` alone replaces the plan: a one-phase run)."""
+    flags = {key: getattr(args, key) for key in _TRAIN_FLAGS if getattr(args, key) is not None}
+    if "objective" in flags and "phases" not in flags:
+        flags["phases"] = None
+    flags["progress"] = not args.no_progress
+    return flags
+
+
+def _options(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """``base`` trainer options with ``flags`` over them; a budget flag replaces the whole budget, and a time
+    budget alone keeps the rate constant (a cosine needs a step count)."""
     budgets = ("steps", "epochs", "minutes")
-    if any(getattr(args, key) is not None for key in budgets):
-        for key in budgets:
-            options.pop(key, None)
-    for key in _TRAIN_FLAGS:
-        value = getattr(args, key)
-        if value is not None:
-            options[key] = value
-    if args.minutes is not None and args.steps is None and args.epochs is None:
-        options.setdefault("schedule", "constant")
-    options["progress"] = not args.no_progress
-    return TrainConfig.from_dict(options)
+    if any(key in flags for key in budgets):
+        base = {key: value for key, value in base.items() if key not in budgets}
+        if "minutes" in flags and "steps" not in flags and "epochs" not in flags:
+            base["schedule"] = "constant"
+    return {**base, **flags}
 
 
-def _resumed_state(args: argparse.Namespace) -> dict[str, Any] | None:
+def _resumed_state(args: argparse.Namespace) -> Any:
     """The checkpoint ``--resume`` continues (its options are the defaults of the resumed run), if any."""
     if not args.resume:
         return None
@@ -207,7 +214,7 @@ def _resumed_state(args: argparse.Namespace) -> dict[str, Any] | None:
         raise ValueError("--resume continues the run in --out; name the run folder with --out")
     if args.resume is not True:
         return load_checkpoint(args.resume)
-    found = load_latest(Path(args.out) / "checkpoints")
+    found = RunFolder(Path(args.out)).load_latest()
     return found[1] if found is not None else None
 
 
@@ -223,79 +230,72 @@ def _check_growth_flags(args: argparse.Namespace) -> None:
     if args.trainable_levels is not None:
         raise ValueError("--levels cannot be combined with --grow-from, where --old-levels chooses the trained "
                          "levels (frozen: only the new level 0; fine-tune: all)")
+    if args.recipe is not None or args.config is not None:
+        raise ValueError("--grow-from takes the parent's model and options; --recipe and --config do not apply")
 
 
-def _parent(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """``--grow-from``: the parent model, its record and the trainer options the grown run starts from (the
-    parent run's, except its schedule when the flags give a budget, with the levels ``--old-levels`` trains)."""
-    model, parent = load_parent(args.grow_from, data)
+def _grown(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, Any], TrainConfig]:
+    """``--grow-from``: the grown model, its parent's record and the config of the grown run (the parent run's
+    options under the flags, with the levels ``--old-levels`` trains)."""
+    parent_model, parent = load_parent(args.grow_from, data)
     # level indices shift by one in the grown model, so the parent's level choices do not carry over
-    dropped = {"trainable_levels", "likelihood_levels", "progress", "checkpoint_every"}
-    if any(getattr(args, key) is not None for key in ("steps", "epochs", "minutes")):
-        dropped.add("schedule")  # the schedule follows the new budget
-    preset = {k: v for k, v in (parent["trainer_config"] or {}).items() if k not in dropped}
+    options = {k: v for k, v in (parent["trainer_config"] or {}).items()
+               if k not in ("trainable_levels", "progress", "checkpoint_every")}
+    if options.get("phases"):
+        options["phases"] = [{**phase, "levels": None} for phase in options["phases"]]
     frozen = (args.old_levels or "frozen") == "frozen"
-    preset["trainable_levels"] = [0] if frozen else list(range(model.num_levels + 1))
-    return model, parent, preset
-
-
-def _own_held_out(name: str, args: argparse.Namespace, split_flags: Sequence[str]) -> bool:
-    """Whether data set ``name`` has its own held-out images; the ``split_flags`` given (``holdout``, evaluate's
-    ``seed``) are refused for it, since they choose a split of the training images."""
-    if not has_own_held_out(name):
-        return False
-    given = [f"--{flag}" for flag in split_flags if getattr(args, flag) is not None]
-    if given:
-        raise ValueError(f"{name} has its own held-out images (load_dataset(..., train=False)); "
-                         f"{' and '.join(given)} choose a split of the training images and do not apply")
-    return True
+    options["trainable_levels"] = [0] if frozen else list(range(parent_model.num_levels + 1))
+    config = TrainConfig.from_dict(_options(options, _train_flags(args)))
+    torch.manual_seed(config.seed)  # the new level's initialisation follows --seed
+    return parent_model.grow(net_options=args.new_level_net_options), parent, config
 
 
 def _train(args: argparse.Namespace) -> int:
     _check_growth_flags(args)
     resumed = _resumed_state(args)
     data = load_dataset(args.data, root=args.data_root, size=args.size)
-    parent_model, parent = None, None
+    record, parent = None, None
     if args.grow_from is not None:
-        parent_model, parent, preset = _parent(args, data)
+        model, parent, config = _grown(args, data)
     else:
-        spec, preset = _model_spec(args, data, resumed)
-    split: dict[str, Any] = {"holdout": 0.1}
-    if resumed is not None:  # the run's own options, then a config file's, then the flags given
-        preset = {**resumed["trainer_config"], **(preset if args.config is not None else {})}
-        split = resumed["data"].get("split", split)
-    config = _trainer_config(args, preset)
-    if _own_held_out(args.data, args, ("holdout",)):
-        train_data, val_data = data, load_dataset(args.data, train=False)
-    else:
-        train_data, val_data = data.split(args.holdout or split["holdout"], seed=config.seed)
-    torch.manual_seed(config.seed)
-    if parent_model is None:
-        model, kind = build(spec), spec["type"]
-    else:  # the new level's initialisation follows --seed
-        model, kind = parent_model.grow(net_options=args.new_level_net_options), "mrcnf"
-    if config.objective["type"] == "flow_matching" and not model.is_continuous:
-        raise ValueError(f"the flow_matching objective trains CNFs and {kind} has none; "
-                         "train it with --objective likelihood")
+        fitted = _plan(args, data, resumed)
+        if args.recipe is not None or (args.config is None and resumed is None):
+            record = fitted.record()
+        model, config = fitted.build()
+    split = resumed.data.get("split", {}) if resumed is not None else {}
+    holdout = args.holdout if args.holdout is not None else split.get("holdout")
+    train_data, val_data = training_split(args.data, data, holdout=holdout, seed=config.seed)
+    kind = (model.config or {}).get("type", "model")
     out = Path(args.out or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out, folder=True)
-    if config.checkpoint_every is None:
-        config.checkpoint_every = max(1, (config.steps or 1000) // 4)
-    trainer = Trainer(model, config, out_dir=out, device=args.device, parent=parent)
-    report = trainer.fit(train_data, val_data, resume=args.resume, overwrite=args.overwrite)
+    trainer = Trainer(model, config, out_dir=out, device=args.device, parent=parent, recipe=record)
+    trainer.fit(train_data, val_data, resume=args.resume, overwrite=args.overwrite)
     if distributed.rank() == 0:
-        print((out / "report.txt").read_text() if (out / "report.txt").exists() else report)
+        folder = RunFolder(out)
+        print(folder.report_txt.read_text() if folder.report_txt.exists() else "no report written")
         print(f"run folder: {out}")
     return 0
 
 
-def _restore(args: argparse.Namespace) -> tuple[Trainer, dict[str, Any]]:
-    state = load_checkpoint(args.checkpoint)
-    return Trainer.restore(state, device=args.device), state
+def _restore(args: argparse.Namespace) -> tuple[Trainer, Any]:
+    checkpoint = load_checkpoint(_checkpoint_path(args.checkpoint))
+    return Trainer.restore(checkpoint, device=args.device), checkpoint
+
+
+def _checkpoint_path(given: str) -> Path:
+    """A checkpoint file, or a run folder's ``best.pt`` (else its newest step checkpoint)."""
+    path = Path(given)
+    if not path.is_dir():
+        return path
+    folder = RunFolder(path)
+    found = folder.best if folder.best.exists() else folder.latest()
+    if found is None:
+        raise FileNotFoundError(f"run folder {str(path)!r} holds no checkpoint in checkpoints/")
+    return found
 
 
 def _sample(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else _samples_path(Path(args.checkpoint), args.temperature)
+    out = Path(args.out) if args.out else RunFolder.samples_of(_checkpoint_path(args.checkpoint), args.temperature)
     _check_out(out, folder=False)
     trainer, _ = _restore(args)
     torch.manual_seed(args.seed)
@@ -305,58 +305,12 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-_SEPARATE_TEST_SETS = ("cifar10", "mnist")
-"""Datasets whose ``--split test`` is a separate set; for the others it is the training data itself."""
-
-
-def _evaluation_data(args: argparse.Namespace, state: dict[str, Any], name: str, split: str) -> ImageData:
-    """The ``split`` of data set ``name`` to score with the checkpoint ``state``; ``held-out`` is the checkpoint's
-    own held-out images, or for data with their own held-out part (``crops<SIZE>``) that part (``test`` too;
-    ``train`` their training images). A split that would score images the checkpoint was trained on as held out
-    is refused, as are images of another shape or ``n_bins`` than the checkpoint's model."""
-    if _own_held_out(name, args, ("holdout", "seed")):
-        if split == "all":
-            raise ValueError(f"{name} has a training and a held-out part; choose --split held-out or train")
-        return _matching(load_dataset(name, train=split == "train", size=args.size), state)
-    data = load_dataset(name, root=args.data_root, train=split != "test", size=args.size)
-    trained = state["data"].get("split")
-    same = trained is not None and trained["of"] == data.name
-    if split in ("held-out", "train"):
-        stored = trained if same else {"holdout": 0.1, "seed": 0}
-        holdout = args.holdout if args.holdout is not None else stored["holdout"]
-        seed = args.seed if args.seed is not None else stored["seed"]
-        if same and (holdout, seed) != (trained["holdout"], trained["seed"]):
-            raise ValueError(f"the checkpoint was trained on {data.name} with --holdout {trained['holdout']} "
-                             f"--seed {trained['seed']}; another split would score its training images as "
-                             "held out (leave --holdout and --seed out to use its own)")
-        data = data.split(holdout, seed=seed)[split == "held-out"]
-    elif same and (split == "all" or data.name not in _SEPARATE_TEST_SETS):
-        raise ValueError(f"--split {split} of {data.name} includes the images the checkpoint was trained "
-                         "on; use --split held-out (its own held-out images)")
-    return _matching(data, state)
-
-
-def _matching(data: ImageData, state: dict[str, Any]) -> ImageData:
-    """``data``, after checking that its images have the shape and ``n_bins`` of the checkpoint's model."""
-    expected = tuple(state["data"]["image_shape"]), state["data"]["n_bins"]
-    if (data.image_shape, data.n_bins) != expected:
-        raise ValueError(f"the checkpoint's model is for images {expected[0]} with n_bins="
-                         f"{expected[1]}; {data.name} has {data.image_shape}, n_bins={data.n_bins}")
-    return data
-
-
-def _samples_path(checkpoint: Path, temperature: float) -> Path:
-    """``<run>/samples/<checkpoint>-t<temperature>.png``: beside the run's own grids when the checkpoint lies in
-    a run folder's ``checkpoints/``, else a ``samples/`` folder beside the checkpoint."""
-    folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    return folder / "samples" / f"{checkpoint.stem}-t{temperature:g}.png"
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    trainer, state = _restore(args)
-    data = _evaluation_data(args, state, args.data, args.split)
+    trainer, checkpoint = _restore(args)
+    data = evaluation_split(checkpoint, args.data, args.split, holdout=args.holdout, seed=args.seed,
+                            root=args.data_root, size=args.size)
     result = trainer.evaluate(data)
-    print(json.dumps({"data": data.name, "step": state["step"], **result}, indent=2))
+    print(json.dumps({"data": data.name, "step": checkpoint.step, **result}, indent=2))
     return 0
 
 
@@ -374,8 +328,9 @@ def _ood(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-images must be a positive integer, got {args.max_images}")
     out = Path(args.out)
     _check_out(out, folder=True)
-    trainer, state = _restore(args)
-    sets = [_evaluation_data(args, state, name, split) for name, split in zip(args.data, splits, strict=True)]
+    trainer, checkpoint = _restore(args)
+    sets = [evaluation_split(checkpoint, name, split, holdout=args.holdout, seed=args.seed, root=args.data_root,
+                             size=args.size) for name, split in zip(args.data, splits, strict=True)]
     if args.max_images is not None:
         sets = [d.first(args.max_images) for d in sets]
     seed = args.score_seed if args.score_seed is not None else trainer.config.seed
@@ -383,7 +338,7 @@ def _ood(args: argparse.Namespace) -> int:
     scores = [score_images(trainer.eval_model(), d, per_level=args.per_level, trace=args.trace,
                            probes=args.probes, seed=seed, batch_size=batch_size, dtype=trainer.dtype,
                            device=trainer.device) for d in sets]
-    info = {"checkpoint": str(args.checkpoint), "step": state["step"], "trace": args.trace,
+    info = {"checkpoint": str(args.checkpoint), "step": checkpoint.step, "trace": args.trace,
             "probes": args.probes, "seed": seed, "batch_size": batch_size, "splits": splits}
     print(write_report(scores, out, info))
     print(f"wrote scores.csv, summary.json, auroc.md and histograms.png to {out}")
@@ -409,14 +364,31 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipes(args: argparse.Namespace) -> int:
+    from flowplug.recipes import rules
+
+    for name in recipes():
+        stored = load_recipe(name)
+        default = " (default)" if name == DEFAULT_RECIPE else ""
+        print(f"{name}{default}: {stored['description']}")
+        print(f"  model: {json.dumps(stored['model'])}")
+        print(f"  train: {json.dumps(stored['train'])}")
+        if stored.get("adapt"):
+            print(f"  fitted to the data by: {', '.join(stored['adapt'])}")
+    print("\nthe rules (flowplug.recipes.rules):\n" + (rules.__doc__ or "").split("\n\n", 1)[1].rstrip())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowplug", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"flowplug {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model and write a run folder")
     which = train.add_mutually_exclusive_group()
-    which.add_argument("--model", help=f"registered model name (default {DEFAULT_MODEL}; a resume: the run's)")
+    which.add_argument("--recipe", help=f"a recipe of `flowplug recipes` (default {DEFAULT_RECIPE}, fitted to "
+                                        "--data; a resume: the run's own model and options)")
     which.add_argument("--config", help="JSON file with a 'model' spec and 'train' options")
     which.add_argument("--grow-from", metavar="RUN_OR_CHECKPOINT",
                        help="grow a trained MRCNF (a checkpoint, or a run folder's newest checkpoint) by a finer "
@@ -428,6 +400,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --grow-from: the new finest level's net options, e.g. "
                             "'{\"hidden_channels\": 64, \"num_blocks\": 1}' (default: the parent's finest "
                             "level's)")
+    train.add_argument("--model-options", type=_json_object, metavar="JSON",
+                       help="model spec keys over the recipe's (or the config file's), e.g. '{\"levels\": 3}'")
     train.add_argument("--data", default="digits",
                        help=f"{', '.join(DATASET_NAMES)} or a path (default digits)")
     train.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
@@ -467,7 +441,7 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--data", default="digits")
             command.add_argument("--data-root")
             command.add_argument("--split", default="held-out",
-                                 choices=("held-out", "train", "all", "test"),
+                                 choices=SPLITS,
                                  help="held-out (default)/train: the training run's split, as "
                                       "stored in the checkpoint; all; test: torchvision's test set "
                                       "(splits holding training images are refused)")
@@ -478,7 +452,7 @@ def _parser() -> argparse.ArgumentParser:
                                  help="a data set to score, given two or more times: the in-distribution set "
                                       "first (the reference), then the sets to tell from it")
             command.add_argument("--data-root")
-            command.add_argument("--split", action="append", choices=("held-out", "train", "all", "test"),
+            command.add_argument("--split", action="append", choices=SPLITS,
                                  help="once per --data (default: held-out for the first, all for the others); "
                                       "as for evaluate, splits holding training images are refused")
             command.add_argument("--holdout", type=float,
@@ -507,6 +481,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--threads", type=int, metavar="N",
                              help=f"CPU threads for torch (default: ${THREADS_ENV}, else one per core)")
     commands.add_parser("info", help="registered components and devices").set_defaults(run=_info, threads=None)
+    commands.add_parser("recipes", help="the recipes flowplug train can train, and their rules").set_defaults(
+        run=_recipes, threads=None)
     return parser
 
 
@@ -523,6 +499,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         set_threads(args.threads)
         return args.run(args)
+    except KeyboardInterrupt:
+        print("flowplug: interrupted", file=sys.stderr)
+        return 130
     except _USER_ERRORS as error:
         if args.debug:
             raise

@@ -37,7 +37,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from flowplug.data import ImageData, resize_square
+from flowplug.images import ImageData, resize_square
 
 __all__ = ["CROP_SOURCES", "HELD_OUT_FROM", "MAX_CROP_SIZE", "crops_size", "sample_crops"]
 

@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowplug.crops import crops_size, sample_crops
+from flowplug.images import ImageData, check_images, check_size, resize_square
+
 __all__ = [
     "DATASET_NAMES",
     "Batch",
@@ -49,65 +52,6 @@ DATASET_NAMES = ("digits", "cifar10", "mnist", "crops32", "crops64", "crops128")
 """Names :func:`load_dataset` accepts besides paths (the crops at any size ``"crops<SIZE>"``)."""
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """A set of integer images held in memory.
-
-    ``x``: uint8 tensor ``(N, C, H, W)`` with values in ``[0, n_bins)``; ``name``: where it came
-    from (recorded in checkpoints and reports).
-    """
-
-    x: torch.Tensor
-    n_bins: int
-    name: str
-    origin: dict[str, object] | None = None
-    """For a part made by :meth:`split`: ``{"of": name, "part": "train"|"held-out", "holdout": fraction,
-    "seed": seed}``, so a checkpoint records which images it was trained on; for a part of a set that has its
-    own held-out images (:func:`has_own_held_out`), ``"held_out"`` says how they were kept apart instead of
-    ``"holdout"``."""
-
-    def __post_init__(self) -> None:
-        check_images(self.x, self.n_bins, self.name)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def info(self) -> dict[str, object]:
-        """Plain description stored in checkpoints: name, ``n_bins``, image shape and size."""
-        return {
-            "name": self.name,
-            "n_bins": self.n_bins,
-            "image_shape": list(self.image_shape),
-            "num_images": len(self),
-            **({"split": dict(self.origin)} if self.origin is not None else {}),
-        }
-
-    def first(self, n: int) -> ImageData:
-        """The first ``n`` images (named ``name[:n]``), or this set itself when it holds no more than ``n``."""
-        if len(self) <= n:
-            return self
-        return ImageData(self.x[:n], self.n_bins, f"{self.name}[:{n}]", self.origin)
-
-    def split(self, holdout: float, seed: int = 0) -> tuple[ImageData, ImageData]:
-        """``(train, held_out)``, ``held_out`` being a seeded random fraction ``holdout``."""
-        if not 0.0 < holdout < 1.0:
-            raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout}")
-        n_held = max(1, round(holdout * len(self)))
-        if n_held >= len(self):
-            raise ValueError(f"holdout={holdout} of {len(self)} images leaves none to train on")
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        held, train = order[:n_held].sort().values, order[n_held:].sort().values
-        made = {"of": self.name, "holdout": holdout, "seed": seed}
-        return (
-            ImageData(self.x[train], self.n_bins, f"{self.name}[train]", {**made, "part": "train"}),
-            ImageData(self.x[held], self.n_bins, f"{self.name}[held-out]", {**made, "part": "held-out"}),
-        )
 
 
 @dataclass(frozen=True)
@@ -149,24 +93,6 @@ def dequantize(
     # In low precision (levels + u) can round up to the next level; keep v strictly below 1.
     below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
     return v.clamp_(max=float(below_one))
-
-
-def check_images(x: object, n_bins: int, name: str) -> None:
-    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``x`` is uint8 ``(N, C, H, W)``
-    with values below ``n_bins``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: images must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype != torch.uint8:
-        raise TypeError(f"{name}: images must have dtype uint8, got {x.dtype}")
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise ValueError(
-            f"{name}: images must have shape (N, C, H, W) with N > 0, got {tuple(x.shape)}"
-        )
-    if not isinstance(n_bins, int) or not 2 <= n_bins <= 256:
-        raise ValueError(f"{name}: n_bins must be an integer in [2, 256], got {n_bins!r}")
-    top = int(x.max())
-    if top >= n_bins:
-        raise ValueError(f"{name}: pixel value {top} is not below n_bins={n_bins}")
 
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -231,23 +157,6 @@ def _npz_n_bins(archive: np.lib.npyio.NpzFile, path: Path) -> int:
     return int(value.reshape(()))
 
 
-def _check_size(size: object) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"image size must be a positive integer (pixels a side), got {size!r}")
-
-
-def resize_square(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """The pixels of ``image`` (uint8, ``(H, W)`` or ``(H, W, C)``) inside ``box = (left, top, right, bottom)``
-    resized to ``size × size`` with pillow's Lanczos filter (antialiased when shrinking); no pixel outside
-    the box enters the result."""
-    from PIL import Image
-
-    _check_size(size)
-    left, top, right, bottom = box
-    inside = np.ascontiguousarray(image[top:bottom, left:right])
-    return np.asarray(Image.fromarray(inside).resize((size, size), Image.Resampling.LANCZOS))
-
-
 def _centre_square(height: int, width: int) -> tuple[int, int, int, int]:
     """The largest centred square of a ``height × width`` image as a ``(left, top, right, bottom)`` box."""
     side = min(height, width)
@@ -266,7 +175,7 @@ def load_image_folder(path: str | Path, *, channels: int = 3, size: int | None =
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if size is not None:
-        _check_size(size)
+        check_size(size)
     files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not files:
         raise ValueError(
@@ -328,8 +237,6 @@ def load_dataset(
         raise ValueError(f"size={size!r} resizes the images of a folder; {str(name_or_path)!r} is not a folder "
                          "(the crops take their size from the name, e.g. crops64)")
     if has_own_held_out(str(name_or_path)):
-        from flowplug.crops import crops_size, sample_crops
-
         return sample_crops(crops_size(str(name_or_path)), part="train" if train else "held-out")
     if str(name_or_path) == "digits":
         return _embedded_digits()
@@ -350,6 +257,4 @@ def load_dataset(
 def has_own_held_out(name: str) -> bool:
     """Whether ``load_dataset(name, train=False)`` gives held-out images kept apart from the training ones
     (the crops, :mod:`flowplug.crops`), so that a held-out split of the training images is not needed."""
-    from flowplug.crops import crops_size
-
     return crops_size(name) is not None

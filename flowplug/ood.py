@@ -22,11 +22,10 @@ extra); the histograms need matplotlib (the ``ood`` or ``bench`` extra).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowplug.cnf.flow import CNF, DIVERGENCES
+from flowplug.cnf.flow import DIVERGENCES
 from flowplug.data import ImageData
 from flowplug.metrics import bits_per_dim, level_bits_per_dim
 from flowplug.models.base import FlowModel
-from flowplug.train.evaluation import evaluation_inputs
+from flowplug.train.evaluation import cnf_settings, evaluation_inputs, level_terms
 
-__all__ = ["ImageScores", "auroc", "auroc_table", "check_report_dependencies", "cnf_trace", "plot_histograms",
+__all__ = ["ImageScores", "auroc", "auroc_table", "check_report_dependencies", "plot_histograms",
            "score_images", "write_report"]
 
 
@@ -87,22 +86,6 @@ class ImageScores:
         return len(next(iter(self.scores.values())))
 
 
-@contextlib.contextmanager
-def cnf_trace(model: torch.nn.Module, trace: str) -> Iterator[None]:
-    """Within the block, every CNF of ``model`` evaluates with the ``trace`` divergence (restored after)."""
-    if trace not in DIVERGENCES:
-        raise ValueError(f"unknown trace {trace!r}; expected one of {DIVERGENCES}")
-    cnfs = [m for m in model.modules() if isinstance(m, CNF)]
-    saved = [m.eval_divergence for m in cnfs]
-    for m in cnfs:
-        m.eval_divergence = trace
-    try:
-        yield
-    finally:
-        for m, value in zip(cnfs, saved, strict=True):
-            m.eval_divergence = value
-
-
 @torch.no_grad()
 def score_images(
     model: FlowModel,
@@ -131,18 +114,17 @@ def score_images(
     if len(data) == 0:
         raise ValueError(f"{data.name} has no images to score")
     device = torch.device(device)
-    model.eval()
     dims = math.prod(data.image_shape)
-    terms = []  # per batch: (probes, levels, B) log-probability terms
-    with torch.random.fork_rng(devices=[]), cnf_trace(model, trace):
+    inputs = evaluation_inputs(data, seed, dtype)
+    with torch.random.fork_rng(devices=[]), cnf_settings(model, trace=trace):
         torch.manual_seed(seed)
-        for batch in evaluation_inputs(data, seed, dtype).split(batch_size):
-            draws = [torch.stack(model.level_log_probs(batch.to(device))).double().cpu() for _ in range(probes)]
-            if per_level and draws[0].shape[0] < 2:
-                raise ValueError(f"per-level scores need a multi-resolution model; this "
-                                 f"{type(model).__name__} has one level")
-            terms.append(torch.stack(draws))
-    levels = torch.cat(terms, dim=2)
+        # probes x (levels, images): each probe is one pass of the evaluation path over all images
+        draws = [torch.cat([terms.cpu() for terms in level_terms(model, inputs, batch_size=batch_size,
+                                                                 device=device)], dim=1) for _ in range(probes)]
+    if per_level and draws[0].shape[0] < 2:
+        raise ValueError(f"per-level scores need a multi-resolution model; this {type(model).__name__} has one "
+                         "level")
+    levels = torch.stack(draws)  # (probes, levels, images)
     per_probe = {"bpd": bits_per_dim(list(levels.unbind(1)), dims, data.n_bins)}
     if per_level:
         shares = level_bits_per_dim(list(levels.unbind(1)), dims)

@@ -8,17 +8,17 @@ A *spec* is plain data (what a YAML or JSON file holds):
   built first (so a model spec can hold its layers' specs);
 - a list of specs builds a list of modules.
 
-Names come from three places: flowplug's own components (registered when :mod:`flowplug` is imported),
-normflows' layers (registered on first use of the registry, see :mod:`flowplug._normflows_components`), and
-third-party packages that declare an entry point in the ``flowplug.components`` group whose name is the component
-name and whose object is the factory.
+Names come from plugins, registered on first use of the registry: every entry point of the ``flowplug.plugins``
+group names a function that registers a package's components (flowplug's own components and normflows' layers
+come this way, :mod:`flowplug.builtins`), and third-party packages may also declare one entry point per component
+in the ``flowplug.components`` group, whose name is the component name and whose object is the factory. This
+module imports nothing of flowplug's.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from torch import nn
 __all__ = [
     "ENTRY_POINT_GROUP",
     "KINDS",
+    "PLUGIN_GROUP",
     "ComponentInfo",
     "build",
     "components",
@@ -103,33 +104,24 @@ def register(
     return decorator if factory is None else decorator(factory)
 
 
-_BUILTIN_MODULES = (
-    "flowplug.wavelet",
-    "flowplug.asinh",
-    "flowplug.bin_warp",
-    "flowplug.standardize",
-    "flowplug.distributions",
-    "flowplug.cnf",
-    "flowplug.models.baselines",
-    "flowplug.models.mrcnf",
-    "flowplug.train.objectives",
-)
-"""flowplug's own modules that register components when imported."""
+PLUGIN_GROUP = "flowplug.plugins"
+"""Entry points of this group name a function that registers a package's components; flowplug's own built-ins
+come this way (:mod:`flowplug.builtins`)."""
 
 
 def _load_external() -> None:
-    """Register flowplug's built-in components, normflows' layers and entry-point components, once."""
+    """Register the plugins' components (flowplug's built-ins and normflows' layers among them) and the
+    ``flowplug.components`` entry points, once."""
     global _external_loaded
     if _external_loaded:
         return
     _external_loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    from flowplug import _normflows_components as normflows_components  # a table; it imports nothing of ours
-
-    for kind, table in (("flow", normflows_components.FLOWS), ("distribution", normflows_components.DISTRIBUTIONS)):
-        for name, factory in table.items():
-            register(name, factory, kind=kind, source=normflows_components.SOURCE)
+    plugins = {entry_point.name: entry_point for entry_point in metadata.entry_points(group=PLUGIN_GROUP)}
+    if "flowplug" not in plugins:
+        raise ImportError(f"flowplug's own components are registered through its {PLUGIN_GROUP!r} entry point, "
+                          "which is missing: install the package (pip install -e . in a clone)")
+    for entry_point in plugins.values():
+        entry_point.load()()
 
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name in _registry:

@@ -29,7 +29,7 @@ def test_asinh_stretch_round_trip_and_exact_log_det():
 def test_mrcnf_detail_stretch_adds_its_exact_log_det_and_rebuilds():
     rk4 = {"method": "rk4", "step_size": 0.5}
     model = flowplug.build({"type": "mrcnf", "image_shape": [1, 4, 4], "levels": 2, "hidden_channels": 4,
-                            "num_layers": 2, "train_solver": rk4, "eval_solver": rk4, "detail_stretch": 0.01})
+                            "num_blocks": 1, "train_solver": rk4, "eval_solver": rk4, "detail_stretch": 0.01})
     v = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     model.initialize_from_data(v)
     model.eval()

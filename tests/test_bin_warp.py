@@ -104,7 +104,7 @@ def test_values_outside_the_unit_interval_pass_unchanged_and_dtypes_are_checked(
 
 def _tiny_mrcnf(**options):
     return flowplug.build({"type": "mrcnf", "image_shape": [1, 4, 4], "levels": 2, "hidden_channels": 4,
-                           "num_layers": 2, "divergence": "exact", "train_solver": _RK4, "eval_solver": _RK4,
+                           "num_blocks": 1, "divergence": "exact", "train_solver": _RK4, "eval_solver": _RK4,
                            **options}).double()
 
 

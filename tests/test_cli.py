@@ -14,7 +14,7 @@ from flowplug.cli import main
 from flowplug.cnf.solver import ODESolverError
 from flowplug.train import Trainer
 
-TRAIN = ["train", "--model", "realnvp", "--steps", "4", "--batch-size", "16", "--no-progress"]
+TRAIN = ["train", "--recipe", "realnvp", "--steps", "4", "--batch-size", "16", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,17 @@ def test_info(capsys):
     assert "haar_squeeze" in out and "Drop-in for ``normflows.flows.Squeeze``" in out  # name, source, summary
 
 
+def test_version_and_recipes(capsys):
+    import flowplug
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"flowplug {flowplug.__version__}"
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "mrcnf (default):" in out and "single-resolution-cnf:" in out and "small_images" in out
+
+
 def test_python_dash_m(tmp_path):
     result = subprocess.run([sys.executable, "-m", "flowplug", "info"], capture_output=True,
                             text=True)
@@ -66,26 +77,29 @@ def test_python_dash_m(tmp_path):
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["train", "--model", "nope"], r"unknown component 'nope' \(`flowplug info` or"),
-        (["train", "--model", "haar_squeeze"], "not a model"),
-        (["train", "--model", "glow", "--data", "nowhere"], "unknown dataset 'nowhere'"),
-        (["train", "--model", "glow", "--data", "missing.npz"], "does not exist"),
-        (["train", "--model", "glow", "--data", "{float}"], "uint8"),
-        (["train", "--model", "glow", "--data", "{odd}"], "divisible by 4"),
-        (["train", "--model", "glow", "--steps", "0"], "steps must be a positive"),
-        (["train", "--model", "glow", "--device", "cuda:7"], "not available|out of range"),
-        (["train", "--model", "glow", "--steps", "2", "--batch-size", "4000"], "exceeds"),
+        (["train", "--recipe", "nope"], r"unknown recipe 'nope'; recipes: glow, mrcnf, realnvp"),
+        (["train", "--config", "{squeeze}"], "'haar_squeeze' is a flow, not a model"),
+        (["train", "--recipe", "glow", "--data", "nowhere"], "unknown dataset 'nowhere'"),
+        (["train", "--recipe", "glow", "--data", "missing.npz"], "does not exist"),
+        (["train", "--recipe", "glow", "--data", "{float}"], "uint8"),
+        (["train", "--model-options", '{{"levels": 3}}', "--data", "{odd}"], r"divisible by 2\^\(levels-1\) = 4"),
+        (["train", "--recipe", "glow", "--steps", "0"], "steps must be a positive"),
+        (["train", "--recipe", "glow", "--device", "cuda:7"], "not available|out of range"),
+        (["train", "--recipe", "glow", "--steps", "2", "--batch-size", "4000"], "exceeds"),
         (["train", "--config", "missing.json"], "does not exist"),
         (["evaluate", "missing.pt"], "does not exist"),
         (["train", "--levels", "-1"], r"level -1 does not exist; this model has levels 0\.\.2"),
-        (["train", "--likelihood-levels", "3"],
-         r"likelihood_levels \[3\]: level 3 does not exist; this model has levels 0\.\.2"),
-        (["train", "--model", "glow", "--likelihood-levels", "0"],
-         r"likelihood_levels \[0\]: trainable_levels needs a multi-level model, Glow has no levels"),
+        (["train", "--phases", '[{{"objective": "flow_matching", "until": 0.5}}, {{"objective": "likelihood", '
+                               '"levels": [3]}}]'], r"level 3 does not exist; this model has levels 0\.\.2"),
+        (["train", "--recipe", "glow", "--phases", '[{{"objective": "likelihood", "levels": [0]}}]'],
+         r"trainable_levels needs a multi-level model, Glow has no levels"),
+        (["train", "--phases", '[{{"objective": "likelihood", "until": 0.5}}]'], "the last phase runs to the end"),
+        (["train", "--holdout", "0"], r"holdout must be a fraction in \(0, 1\), got 0\.0"),
         (["train", "--config", "{extra}"], r"unknown top-level key\(s\) \['trian'\]"),
-        (["train", "--model", "glow", "--lr", "inf"], "lr must be a positive finite number, got inf"),
-        (["train", "--model", "glow", "--objective", "flow_matching"],
-         "the flow_matching objective trains CNFs and glow has none; train it with --objective likelihood"),
+        (["train", "--recipe", "glow", "--lr", "inf"], "lr must be a positive finite number, got inf"),
+        (["train", "--recipe", "glow", "--objective", "flow_matching"],
+         "phases.0.: the flow_matching objective trains CNFs and glow has none; train it with the likelihood "
+         "objective"),
         (["train", "--config", "{grey}", "--data", "{rgb}"],
          r"1 channel\(s\) in the model, 3 in the data"),
         (["train", "--data", "{hwc}"], "looks like N×H×W×C"),
@@ -101,10 +115,11 @@ def test_errors_before_training(args, match, tmp_path, capsys):
     np.savez(tmp_path / "bins.npz", x=np.zeros((40, 1, 8, 8), np.uint8), n_bins=np.array([17, 17]))
     np.savez(tmp_path / "obj.npz", x=np.array([None], dtype=object))
     (tmp_path / "extra.json").write_text(json.dumps({"model": "glow", "trian": {"steps": 2}}))
+    (tmp_path / "squeeze.json").write_text(json.dumps({"model": "haar_squeeze"}))
     (tmp_path / "grey.json").write_text(json.dumps({"model": {"type": "glow", "image_shape": [1, 8, 8]},
                                                     "train": {"steps": 2}}))
-    paths = {name: tmp_path / f"{name}.{'json' if name in ('extra', 'grey') else 'npz'}"
-             for name in ("float", "odd", "rgb", "hwc", "bins", "obj", "extra", "grey")}
+    paths = {name: tmp_path / f"{name}.{'json' if name in ('extra', 'grey', 'squeeze') else 'npz'}"
+             for name in ("float", "odd", "rgb", "hwc", "bins", "obj", "extra", "grey", "squeeze")}
     args = [a.format(**paths) for a in args]
     assert main([*args, "--out", str(tmp_path / "out")] if args[0] == "train" else args) == 2
 
@@ -151,12 +166,12 @@ def test_a_diverging_run_is_one_error_line(error, monkeypatch, tmp_path, capsys)
 
 
 def test_a_user_error_prints_no_traceback_unless_debug(tmp_path):
-    command = [sys.executable, "-m", "flowplug", "train", "--model", "glow", "--objective", "flow_matching",
+    command = [sys.executable, "-m", "flowplug", "train", "--recipe", "glow", "--objective", "flow_matching",
                "--out", str(tmp_path / "run")]
     quiet = subprocess.run(command, capture_output=True, text=True)
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
     assert quiet.stderr.strip().splitlines() == [
-        "flowplug: error: the flow_matching objective trains CNFs and glow has none; "
-        "train it with --objective likelihood"]
+        "flowplug: error: phases[0]: the flow_matching objective trains CNFs and glow has none; "
+        "train it with the likelihood objective"]
     loud = subprocess.run([command[0], "-m", "flowplug", "--debug", *command[3:]], capture_output=True, text=True)
     assert loud.returncode == 1 and "Traceback" in loud.stderr

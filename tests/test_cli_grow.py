@@ -46,7 +46,7 @@ def grow(folders, out, *extra):
 
 def old_levels_of(state, ema: bool):
     """Level s+1's tensors of a grown checkpoint, keyed as level s's (trained or EMA weights)."""
-    weights = {k.removeprefix("module."): v for k, v in state["ema"].items()} if ema else state["model"]
+    weights = {k.removeprefix("module."): v for k, v in state.ema.items()} if ema else state.model
     return {k.replace(f"levels.{s + 1}.", f"levels.{s}.", 1): v for s in range(2)
             for k, v in weights.items() if k.startswith(f"levels.{s + 1}.")}
 
@@ -58,7 +58,7 @@ def test_a_grown_run_records_its_parent_and_keeps_the_old_levels(folders, tmp_pa
     record = config["parent"]
     assert record["checkpoint"] == str((folders / "parent" / "checkpoints" / "step-00000002.pt").resolve())
     assert record["step"] == 2 and len(record["sha256"]) == 64 and record["weights"] == "ema"
-    assert record["model_config"] == parent["model_config"] and record["data"]["image_shape"] == [1, 4, 4]
+    assert record["model_config"] == parent.model_config and record["data"]["image_shape"] == [1, 4, 4]
     assert config["model"]["image_shape"] == [1, 8, 8] and config["model"]["levels"] == 3
     assert config["model"]["net_options"][0] == {"hidden_channels": 6, "num_blocks": 1}
     assert config["trainer"]["trainable_levels"] == [0] and config["trainer"]["objective"]["type"] == "flow_matching"
@@ -66,8 +66,8 @@ def test_a_grown_run_records_its_parent_and_keeps_the_old_levels(folders, tmp_pa
     assert report["grown_from"] == {key: record[key] for key in ("checkpoint", "step", "sha256")}
     assert len(report["held_out"]["per_level_bpd"]) == 3
     grown = load_checkpoint(tmp_path / "checkpoints" / "step-00000002.pt")
-    assert grown["parent"] == record
-    parent_weights = {k.removeprefix("module."): v for k, v in parent["ema"].items() if k.startswith("module.levels")}
+    assert grown.parent == record
+    parent_weights = {k.removeprefix("module."): v for k, v in parent.ema.items() if k.startswith("module.levels")}
     for ema in (False, True):  # frozen: neither the trained weights nor their average moved
         old = old_levels_of(grown, ema)
         assert old.keys() == parent_weights.keys()
@@ -77,7 +77,7 @@ def test_a_grown_run_records_its_parent_and_keeps_the_old_levels(folders, tmp_pa
                  "--resume", *FLAGS]) == 0  # the run's own model, options and parent
     resumed = json.loads((tmp_path / "config.json").read_text())
     assert resumed["parent"] == record and resumed["trainer"]["trainable_levels"] == [0]
-    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000003.pt")["parent"] == record
+    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000003.pt").parent == record
 
 
 def test_fine_tuning_trains_the_old_levels_and_the_new_level_takes_its_net_options(folders, tmp_path):
@@ -89,7 +89,7 @@ def test_fine_tuning_trains_the_old_levels_and_the_new_level_takes_its_net_optio
     parent = load_checkpoint(folders / "parent" / "checkpoints" / "step-00000002.pt")
     old = old_levels_of(load_checkpoint(tmp_path / "checkpoints" / "step-00000002.pt"), ema=False)
     assert not torch.equal(old["levels.0.flows.0.net.output.weight"],
-                           parent["ema"]["module.levels.0.flows.0.net.output.weight"])
+                           parent.ema["module.levels.0.flows.0.net.output.weight"])
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_growth_errors_before_training(folders, tmp_path, capsys, extra, match):
 
 def test_what_is_not_a_multi_resolution_model_or_not_growth_is_refused(folders, tmp_path, capsys):
     glow = tmp_path / "glow"
-    assert main(["train", "--model", "glow", "--data", str(folders / "small.npz"), "--steps", "1",
+    assert main(["train", "--recipe", "glow", "--data", str(folders / "small.npz"), "--steps", "1",
                  "--batch-size", "16", "--out", str(glow), *FLAGS]) == 0
     capsys.readouterr()
     assert main(["train", "--grow-from", str(glow), "--data", str(folders / "big.npz"), "--out",

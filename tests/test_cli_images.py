@@ -11,7 +11,7 @@ import torch
 from flowplug import crops
 from flowplug.cli import main
 
-TRAIN = ["train", "--model", "realnvp", "--steps", "2", "--batch-size", "16", "--no-progress",
+TRAIN = ["train", "--recipe", "realnvp", "--steps", "2", "--batch-size", "16", "--no-progress",
          "--device", "cpu", "--threads", "1"]
 
 
@@ -53,8 +53,8 @@ def test_training_on_crops_validates_on_their_own_held_out_part(crops_run, capsy
 
 @pytest.mark.parametrize(("args", "match"), [
     (["--holdout", "0.2"], "crops8 has its own held-out images.*--holdout"),
-    (["--seed", "1"], "--seed choose a split"),
-    (["--split", "all"], "choose --split held-out or train"),
+    (["--seed", "1"], r"--seed\) choose a split"),
+    (["--split", "all"], r"choose the split \(--split\) held-out or train"),
     (["--size", "8"], "resizes the images of a folder"),
 ])
 def test_evaluate_refuses_splits_of_the_crops(crops_run, args, match, capsys):
@@ -66,7 +66,7 @@ def test_evaluate_refuses_splits_of_the_crops(crops_run, args, match, capsys):
 
 
 def test_train_refuses_a_holdout_for_the_crops(tmp_path):
-    with pytest.raises(ValueError, match="--holdout choose a split"):
+    with pytest.raises(ValueError, match=r"--holdout\) choose a split"):
         main(["--debug", *TRAIN, "--data", "crops8", "--holdout", "0.1", "--out", str(tmp_path / "r")])
 
 

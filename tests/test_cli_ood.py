@@ -21,12 +21,12 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ood")
     config = folder / "mrcnf.json"
     config.write_text(json.dumps({
-        "model": {"type": "mrcnf", "levels": 2, "hidden_channels": 4, "num_layers": 2,
+        "model": {"type": "mrcnf", "levels": 2, "hidden_channels": 4, "num_blocks": 1,
                   "train_solver": SOLVER, "eval_solver": SOLVER},
         "train": {"objective": "flow_matching", "steps": 2, "batch_size": 16}}))
     common = ["--no-progress", "--steps", "2", "--batch-size", "16"]
     assert main(["train", "--config", str(config), *common, "--out", str(folder / "mrcnf")]) == 0
-    assert main(["train", "--model", "realnvp", *common, "--out", str(folder / "realnvp")]) == 0
+    assert main(["train", "--recipe", "realnvp", *common, "--out", str(folder / "realnvp")]) == 0
     return {name: str(folder / name / "checkpoints" / "step-00000002.pt") for name in ("mrcnf", "realnvp")}
 
 

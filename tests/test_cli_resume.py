@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+import flowplug
 from flowplug.cli import main
 
-TRAIN = ["train", "--model", "realnvp", "--steps", "2", "--batch-size", "16", "--no-progress", "--seed", "3"]
+TRAIN = ["train", "--recipe", "realnvp", "--steps", "2", "--batch-size", "16", "--no-progress", "--seed", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,14 @@ def test_resume_needs_out(capsys):
 
 def test_resume_from_a_path_keeps_the_runs_options_and_records_changes(run_folder, capsys):
     best = run_folder / "checkpoints" / "best.pt"
-    assert main(["train", "--model", "realnvp", "--steps", "6", "--lr", "2e-3", "--no-progress",
+    assert main(["train", "--recipe", "realnvp", "--steps", "6", "--lr", "2e-3", "--no-progress",
                  "--out", str(run_folder), "--resume", str(best)]) == 0
     assert f"resumed from {best} at step 2" in capsys.readouterr().err
     config = json.loads((run_folder / "config.json").read_text())
     assert config["trainer"]["batch_size"] == 16 and config["trainer"]["seed"] == 3  # the run's, not defaults
     assert config["resumes"][-1]["changed"] == {"steps": [2, 6], "lr": [1e-3, 2e-3]}
-    assert config["data"]["split"] == {"of": "digits", "holdout": 0.1, "seed": 3, "part": "train"}
+    digits = flowplug.load_dataset("digits").fingerprint()
+    assert config["data"]["split"] == {"of": "digits", "of_sha256": digits, "holdout": 0.1, "seed": 3, "part": "train"}
 
 
 def test_evaluate_defaults_to_the_checkpoints_own_held_out_split(run_folder, capsys):

@@ -13,8 +13,8 @@ import torch
 from flowplug import MRCNF
 from flowplug.cnf import CNF
 from flowplug.data import ImageData
-from flowplug.ood import ImageScores, auroc, auroc_table, cnf_trace, score_images, write_report
-from flowplug.train.evaluation import evaluate, evaluation_inputs
+from flowplug.ood import ImageScores, auroc, auroc_table, score_images, write_report
+from flowplug.train.evaluation import cnf_settings, evaluate, evaluation_inputs
 
 SOLVER = {"method": "rk4", "step_size": 0.5}
 
@@ -22,7 +22,7 @@ SOLVER = {"method": "rk4", "step_size": 0.5}
 def tiny_model(levels: int = 2) -> MRCNF:
     """A 1×4×4 MRCNF with conv nets 4 wide, a fixed-step solver and Hutchinson traces, perturbed from identity."""
     torch.manual_seed(0)
-    model = MRCNF((1, 4, 4), levels=levels, hidden_channels=4, num_layers=2, train_solver=SOLVER,
+    model = MRCNF((1, 4, 4), levels=levels, hidden_channels=4, num_blocks=1, train_solver=SOLVER,
                   eval_solver=SOLVER).double()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -39,7 +39,7 @@ def test_exact_scores_are_the_models_per_image_bits_per_dim_and_levels_add_up():
     model, data = tiny_model(), tiny_data(3, 0, "a")
     scores = score_images(model, data, per_level=True, trace="exact", dtype=torch.float64, batch_size=2)
     assert list(scores.scores) == ["bpd", "level0_bpd", "level1_bpd"] and scores.probe_sd == {}
-    with cnf_trace(model, "exact"), torch.no_grad():
+    with cnf_settings(model, trace="exact"), torch.no_grad():
         terms = model.level_log_probs(evaluation_inputs(data, 0, torch.float64))
     expected = [(-t / (16 * math.log(2))).numpy() for t in terms]
     np.testing.assert_allclose(scores.scores["level0_bpd"], expected[0], rtol=1e-12)
@@ -68,14 +68,19 @@ def test_probes_average_hutchinson_solves_and_record_their_spread():
     assert (error <= 5 * scores.probe_sd["bpd"] / math.sqrt(3) + 1e-9).all()
 
 
-def test_cnf_trace_sets_and_restores_every_cnfs_evaluation_trace():
+def test_cnf_settings_sets_and_restores_every_cnfs_evaluation_trace_and_tolerance():
     model = tiny_model()
     cnfs = [m for m in model.modules() if isinstance(m, CNF)]
-    with cnf_trace(model, "exact"):
+    solvers = [m.eval_solver for m in cnfs]
+    with cnf_settings(model, trace="exact", tolerance=1e-3):
         assert {m.eval_divergence for m in cnfs} == {"exact"}
-    assert {m.eval_divergence for m in cnfs} == {"hutchinson"}
+        assert {(m.eval_solver.atol, m.eval_solver.rtol) for m in cnfs} == {(1e-3, 1e-3)}
+    assert {m.eval_divergence for m in cnfs} == {"hutchinson"} and [m.eval_solver for m in cnfs] == solvers
     with pytest.raises(ValueError, match="unknown trace 'diagonal'"):
-        with cnf_trace(model, "diagonal"):
+        with cnf_settings(model, trace="diagonal"):
+            pass
+    with pytest.raises(ValueError, match="tolerance must lie in"):
+        with cnf_settings(model, tolerance=0.0):
             pass
 
 

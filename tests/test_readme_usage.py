@@ -24,17 +24,11 @@ def usage_snippet(readme: str) -> str:
     return match.group(1)
 
 
-def test_the_snippet_is_the_cli_recipe_shortened():
-    from flowplug.cli import PRESETS
+def test_the_snippet_trains_the_default_recipe_shortened():
+    from flowplug.recipes import DEFAULT_RECIPE
 
     snippet = usage_snippet(README.read_text())
-    model, train = PRESETS["mrcnf"]["model"], PRESETS["mrcnf"]["train"]
-    assert f'objective="{train["objective"]}"' in snippet and f'levels={model["levels"]}' in snippet
-    assert f'net="{model["net"]}"' in snippet and model["logit_alpha"] == 1e-3 and "logit_alpha=1e-3" in snippet
-    # the snippet writes the preset's per-level nets as a comprehension over the blocks per level
-    assert model["net_options"] == [{"hidden_channels": 64, "num_blocks": n} for n in (1, 2, 2)]
-    assert '[{"hidden_channels": 64, "num_blocks": n} for n in (1, 2, 2)]' in snippet
-    assert f'batch_size={train["batch_size"]}' in snippet and train["lr"] == 2e-3 and "lr=2e-3" in snippet
+    assert f'flowplug.recipe("{DEFAULT_RECIPE}", data, train={{"steps": 500' in snippet
     assert 'load_dataset("digits")' in snippet and "split(0.1, seed=0)" in snippet
 
 

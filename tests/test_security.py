@@ -19,7 +19,7 @@ import flowplug
 import flowplug.cli
 from flowplug.cli import main
 from flowplug.data import load_dataset
-from flowplug.train import TrainConfig, Trainer, build_model, load_checkpoint, save_checkpoint
+from flowplug.train import TrainConfig, Trainer, build_model, load_checkpoint, save_checkpoint, state
 
 HOSTILE = ["os:system", "evil_mod", "evil_mod:payload", "this", "this:s"]
 OWN_DEPENDENCIES = {"flowplug", "torch", "numpy", "normflows", "torchdiffeq", "PIL", "lightning_utilities", "tqdm"}
@@ -50,17 +50,17 @@ def hostile_cwd(tmp_path, monkeypatch):
 def good_state():
     data = load_dataset("digits")
     trainer = Trainer(flowplug.build(GLOW), TrainConfig(steps=1, progress=False), device="cpu")
-    return trainer.state_dict(data.info())
+    return state.checkpoint_of(trainer, data.info())
 
 
-def _write(state, folder, name, *, objective=None, component=None):
+def _write(checkpoint, folder, name, *, objective=None, component=None):
     """A copy of a good checkpoint whose trainer config names ``objective`` or whose model is ``component``."""
-    state = copy.deepcopy(state)
+    checkpoint = copy.deepcopy(checkpoint)
     if objective is not None:
-        state["trainer_config"]["objective"] = objective
+        checkpoint.trainer_config["objective"] = objective
     if component is not None:
-        state["model_config"] = {**GLOW, "type": component}
-    return save_checkpoint(state, folder / f"{name.replace(':', '_')}.pt")
+        checkpoint.model_config = {**GLOW, "type": component}
+    return save_checkpoint(checkpoint, folder / f"{name.replace(':', '_')}.pt")
 
 
 REGISTER = r"register.*flowplug\.register\(name, factory, kind=\.\.\.\).*'flowplug\.components' entry point"
@@ -69,11 +69,13 @@ REGISTER = r"register.*flowplug\.register\(name, factory, kind=\.\.\.\).*'flowpl
 @pytest.mark.parametrize("name", HOSTILE)
 def test_a_checkpoint_naming_an_unregistered_objective_imports_nothing(name, hostile_cwd, good_state, capsys):
     path = _write(good_state, hostile_cwd, name, objective=name)
-    state = load_checkpoint(path)
+    written = load_checkpoint(path).trainer_config
     with pytest.raises(ValueError, match=rf"unknown objective {name!r}.*{REGISTER}"):
-        TrainConfig.from_dict(state["trainer_config"])
+        TrainConfig.from_dict(written)
     with pytest.raises(ValueError, match=rf"unknown objective {name!r}"):
-        TrainConfig.from_dict({**state["trainer_config"], "objective": {"type": name}})
+        TrainConfig.from_dict({**written, "objective": {"type": name}})
+    with pytest.raises(ValueError, match=rf"unknown objective {name!r}"):
+        TrainConfig.from_dict({**written, "objective": None, "phases": [{"objective": name}]})
     for command in (["sample", str(path), "--out", str(hostile_cwd / "s.png")], ["evaluate", str(path)]):
         assert main([*command, "--device", "cpu"]) == 2
         assert re.search(rf"flowplug: error: unknown objective {re.escape(repr(name))}", capsys.readouterr().err)
@@ -109,7 +111,8 @@ def test_registered_names_still_load(hostile_cwd, good_state):
 
     try:
         path = _write(good_state, hostile_cwd, "ok", objective={"type": "user_objective"})
-        assert TrainConfig.from_dict(load_checkpoint(path)["trainer_config"]).objective == {"type": "user_objective"}
+        written = {**load_checkpoint(path).trainer_config, "phases": None}
+        assert TrainConfig.from_dict(written).objective == {"type": "user_objective"}
     finally:
         from flowplug.registry import _registry
 

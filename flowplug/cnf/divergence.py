@@ -45,9 +45,17 @@ def _vector_jacobian(
     """``vectorsᵀ ∂dz/∂z``; zeros when ``dz`` does not depend on ``z`` (a net ignoring it)."""
     if not dz.requires_grad:
         return torch.zeros_like(vectors)
-    (product,) = torch.autograd.grad(
-        dz, z, vectors, create_graph=create_graph, is_grads_batched=batched, materialize_grads=True
-    )
+    if batched:
+        try:
+            (product,) = torch.autograd.grad(dz, z, vectors, create_graph=create_graph, is_grads_batched=True,
+                                             retain_graph=True, materialize_grads=True)
+            return product
+        except RuntimeError:
+            # some backward formulas have no batching rule (group_norm's, in ResODENet): one product per vector
+            return torch.stack([
+                torch.autograd.grad(dz, z, v, create_graph=create_graph, retain_graph=True,
+                                    materialize_grads=True)[0] for v in vectors])
+    (product,) = torch.autograd.grad(dz, z, vectors, create_graph=create_graph, materialize_grads=True)
     return product
 
 

@@ -31,16 +31,17 @@ from torch import nn
 from flowplug._checks import check_floating, check_num_samples, check_unit_range
 from flowplug.asinh import AsinhStretch
 from flowplug.bin_warp import EdgeBinWarp
-from flowplug.cnf import CNF, ConvODENet
+from flowplug.cnf import CNF, ResODENet
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
 from flowplug.conditioning import ComposedFlow, run_inverse
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
-from flowplug.registry import build, register
+from flowplug.registry import build, get_component, register
 from flowplug.standardize import Standardize
 from flowplug.wavelet import haar_cascade, haar_pyramid, haar_reconstruct
 
-__all__ = ["CNF_OPTIONS", "LEVEL_OPTIONS", "MRCNF", "NET_OPTIONS", "ResolutionLevel", "default_level_spec"]
+__all__ = ["CNF_OPTIONS", "DEFAULT_NET", "LEVEL_OPTIONS", "MRCNF", "NET_OPTIONS", "ResolutionLevel",
+           "default_level_spec", "net_options_of"]
 
 LevelFlows = Sequence[Mapping[str, Any] | str | nn.Module]
 
@@ -131,11 +132,21 @@ def _keyword_options(factory: Any, taken: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
-NET_OPTIONS = _keyword_options(ConvODENet, ("channels", "context_channels"))
-"""Level options passed to each level's :class:`~flowplug.cnf.ConvODENet` (its defaults apply)."""
+DEFAULT_NET = "res_odenet"
+"""The default levels' ODE net (:class:`~flowplug.cnf.ResODENet`, of the ``mrcnf`` recipe)."""
+
+
+def net_options_of(net: str) -> tuple[str, ...]:
+    """The level options that go to each level's net of registered type ``net`` (its keyword parameters)."""
+    return _keyword_options(get_component(net, kind="net").factory, ("channels", "context_channels"))
+
+
+NET_OPTIONS = _keyword_options(ResODENet, ("channels", "context_channels"))
+"""Level options passed to each level's default net, :class:`~flowplug.cnf.ResODENet` (its defaults apply)."""
 CNF_OPTIONS = _keyword_options(CNF, ("net",))
 """Level options passed to each level's :class:`~flowplug.CNF` (its defaults apply, except the solvers)."""
 LEVEL_OPTIONS = ("cnfs_per_level", *NET_OPTIONS, *CNF_OPTIONS)
+"""The level options of the default net (another ``net`` takes its own keyword parameters instead)."""
 
 
 def default_level_spec(
@@ -143,28 +154,23 @@ def default_level_spec(
     context_channels: int,
     *,
     cnfs_per_level: int = 1,
-    net: str = "conv_odenet",
+    net: str = DEFAULT_NET,
     net_options: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """The default of one level: ``cnfs_per_level`` conditional CNFs with ODE nets of type ``net``.
 
     Each net is given the level's ``channels`` and ``context_channels`` (the coarse image it is conditioned on)
-    and starts at zero (identity flow). ``options`` go to the nets (:data:`NET_OPTIONS`, only for the default
-    ``net="conv_odenet"``) or the CNFs (:data:`CNF_OPTIONS`); ``net_options`` are further keyword arguments of the
-    net (any registered net, e.g. ``{"hidden_channels": 64, "num_blocks": 2}`` for ``"res_odenet"``). What is not
+    and starts at zero (identity flow). ``options`` go to the nets (the keyword parameters of ``net``, e.g.
+    :data:`NET_OPTIONS` of the default) or the CNFs (:data:`CNF_OPTIONS`); ``net_options`` are further keyword
+    arguments of the net (e.g. ``{"hidden_channels": 64, "num_blocks": 2}`` for ``"res_odenet"``). What is not
     given takes those classes' own defaults, except the solvers, which default to the presets
     :data:`~flowplug.cnf.solver.DEFAULT_TRAIN_SOLVER` and :data:`~flowplug.cnf.solver.DEFAULT_EVAL_SOLVER`.
     """
-    _check_level_options(options)
-    conv_keys = [k for k in options if k in NET_OPTIONS]
-    if net != "conv_odenet" and conv_keys:
-        raise TypeError(
-            f"the level options {conv_keys} configure the default conv_odenet; give the options of net={net!r} "
-            "in net_options"
-        )
+    _check_level_options(options, net)
+    net_keys = net_options_of(net)
     net_spec = {"type": net, "channels": channels, "context_channels": context_channels,
-                **{k: v for k, v in options.items() if k in NET_OPTIONS}, **dict(net_options or {})}
+                **{k: v for k, v in options.items() if k in net_keys}, **dict(net_options or {})}
     cnf: dict[str, Any] = {"type": "cnf", "net": net_spec, **{k: v for k, v in options.items() if k in CNF_OPTIONS}}
     for key, preset in (("train_solver", DEFAULT_TRAIN_SOLVER), ("eval_solver", DEFAULT_EVAL_SOLVER)):
         if cnf.get(key) is None:
@@ -188,15 +194,16 @@ class MRCNF(FlowModel):
             then stays rebuildable from :attr:`config`) or modules. ``None`` entries (or ``level_flows=None``) take
             :func:`default_level_spec` with the options below.
         **level_options: options of the default CNF levels (:data:`LEVEL_OPTIONS`): ``cnfs_per_level=1``,
-            the nets' options (``hidden_channels``, ``num_layers``, ``activation``, ...) and the CNFs' (``T``,
+            the nets' options (``hidden_channels``, ``num_blocks``, ``activation``, ...) and the CNFs' (``T``,
             ``divergence``, ``probe``, ``train_solver``, ``eval_solver``, ``adjoint``, ``kinetic_energy``,
             ``jacobian_norm``, ...), with those classes' defaults; see :func:`default_level_spec`.
         logit_alpha: the coarsest level's logit squeezes ``[0, 1]`` into ``[α, 1 − α]`` first.
         standardize: give every level a per-channel :class:`~flowplug.standardize.Standardize` (after the
             logit at the coarsest level), initialised by :meth:`initialize_from_data` or from the first
             training batch, with its exact log-determinant.
-        net: registered name of the default levels' ODE net (``"conv_odenet"``; ``"res_odenet"``: residual blocks
-            with a time embedding and the context in every block, :class:`~flowplug.cnf.ResODENet`).
+        net: registered name of the default levels' ODE net (``"res_odenet"``, the default: residual blocks with a
+            time embedding and the context in every block, :class:`~flowplug.cnf.ResODENet`, as the ``mrcnf``
+            recipe has; ``"conv_odenet"``: a plain convolutional net, the default of versions before 0.3).
         net_options: keyword arguments of that net, one dict for every level or a list of one dict (or ``None``)
             per level, numbered like ``level_flows`` (0 = finest details), e.g.
             ``[{"hidden_channels": 64, "num_blocks": 1}, {"hidden_channels": 64, "num_blocks": 2}]``.
@@ -217,11 +224,11 @@ class MRCNF(FlowModel):
         levels: int = 3,
         level_flows: Sequence[LevelFlows | None] | None = None,
         *,
-        logit_alpha: float = 0.05,
+        logit_alpha: float = 1e-3,
         standardize: bool = True,
         detail_stretch: float | None = None,
         bin_warp: Mapping[str, Any] | None = None,
-        net: str = "conv_odenet",
+        net: str = DEFAULT_NET,
         net_options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
         **level_options: Any,
     ) -> None:
@@ -234,7 +241,7 @@ class MRCNF(FlowModel):
             )
         if not 0 < logit_alpha < 0.5:
             raise ValueError(f"logit_alpha must lie in (0, 0.5), got {logit_alpha}")
-        _check_level_options(level_options)
+        _check_level_options(level_options, net)
         per_level_net = _per_level_net_options(net_options, levels)
         channels = self.image_shape[0]
         if bin_warp is not None:
@@ -268,7 +275,7 @@ class MRCNF(FlowModel):
                 # written only when set, so configs of older versions (which lack them) rebuild unchanged
                 **({} if detail_stretch is None else {"detail_stretch": detail_stretch}),
                 **({} if bin_warp is None else {"bin_warp": dict(bin_warp)}),
-                **({} if net == "conv_odenet" else {"net": net}),
+                "net": net,
                 **({} if net_options is None else {"net_options": copy.deepcopy(
                     dict(net_options) if isinstance(net_options, Mapping) else
                     [None if o is None else dict(o) for o in net_options])}),
@@ -538,13 +545,15 @@ def _per_level_net_options(
     return list(net_options)
 
 
-def _check_level_options(options: Mapping[str, Any]) -> None:
-    """Unknown level options raise ``TypeError`` naming the key and the closest option."""
+def _check_level_options(options: Mapping[str, Any], net: str) -> None:
+    """Level options unknown to the CNF and to ``net`` raise ``TypeError`` naming the key and the closest option."""
+    known = ("cnfs_per_level", *net_options_of(net), *CNF_OPTIONS)
     for key in options:
-        if key not in LEVEL_OPTIONS:
-            close = difflib.get_close_matches(key, LEVEL_OPTIONS, n=1)
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"MRCNF has no option {key!r}{hint} (level options: {', '.join(LEVEL_OPTIONS)})")
+            raise TypeError(f"MRCNF has no option {key!r} with net={net!r}{hint} (level options: "
+                            f"{', '.join(known)})")
 
 
 def _check_image_shape(image_shape: Sequence[int], levels: int) -> tuple[int, int, int]:

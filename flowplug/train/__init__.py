@@ -1,6 +1,6 @@
 """The shared training API: :class:`Trainer`, its :class:`TrainConfig`, objectives, checkpoints and growth."""
 
-from flowplug.train.checkpoint import CheckpointError, build_model, load_checkpoint, model_weights, save_checkpoint
+from flowplug.train.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
 from flowplug.train.combine import combine_level_checkpoints
 from flowplug.train.config import TrainConfig
 from flowplug.train.devices import resolve_device
@@ -10,6 +10,7 @@ from flowplug.train.objectives import get_objective, objective_spec, objectives
 from flowplug.train.trainer import Trainer
 
 __all__ = [
+    "Checkpoint",
     "CheckpointError",
     "TrainConfig",
     "Trainer",
@@ -20,7 +21,6 @@ __all__ = [
     "get_objective",
     "load_checkpoint",
     "load_parent",
-    "model_weights",
     "objective_spec",
     "objectives",
     "parent_checkpoint",

@@ -1,20 +1,29 @@
-"""Checkpoints: dicts of tensors and plain data, written atomically, read without running code.
+"""Checkpoints: one typed record (:class:`Checkpoint`), written atomically, read without running code, migrated
+from older format versions.
 
-A checkpoint holds everything to continue a run exactly or rebuild its model alone: the model's
-``state_dict`` and ``config`` (a registry spec), optimiser, scheduler and EMA states, the step, the
-RNG states, the trainer's config and the data's description. Writing goes to a temporary file in
-the same folder, is flushed to disk, then renamed over the target and the folder itself
-is flushed, so a process killed mid-write (or a full disk) leaves the previous file intact and the rename
-survives a crash. Reading uses ``torch.load(..., weights_only=True)``, which refuses
-any pickled object other than tensors and plain containers, so a checkpoint never runs code.
+A checkpoint holds everything to continue a run exactly or rebuild its model alone: the model's weights and
+``config`` (a registry spec), the optimiser and EMA states, the step, the phase of the training plan, the RNG
+states, the trainer's config and the data's description. On disk it is a dict of tensors and plain data with
+``"format"`` and ``"version"``; :meth:`Checkpoint.from_dict` brings every older version to the current one
+(:data:`VERSION`) through :data:`MIGRATIONS`, so the rest of the package reads attributes only.
+
+Writing goes to a temporary file in the same folder, is flushed to disk, then renamed over the target and the
+folder itself is flushed, so a process killed mid-write (or a full disk) leaves the previous file intact and the
+rename survives a crash. Reading checks the zip archive's CRCs (a damaged byte anywhere is found) and uses
+``torch.load(..., weights_only=True)``, which refuses any pickled object other than tensors and plain
+containers, so a checkpoint never runs code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import random
 import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +32,143 @@ import torch
 
 __all__ = [
     "FORMAT",
+    "VERSION",
+    "Checkpoint",
     "CheckpointError",
     "build_model",
     "capture_rng",
     "load_checkpoint",
-    "model_weights",
     "restore_rng",
     "save_checkpoint",
 ]
 
-FORMAT = "flowplug-checkpoint-v1"
-_REQUIRED = ("format", "model", "model_config", "step")
+FORMAT = "flowplug-checkpoint"
+VERSION = 2
+_FORMAT_V1 = "flowplug-checkpoint-v1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is unreadable, unsafe, truncated or not a flowplug checkpoint."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` (with ``"format"`` added) to ``path`` atomically; returns the path."""
+@dataclass
+class Checkpoint:
+    """Everything a run saves. ``model`` holds the trained weights; ``ema`` the state of their moving average
+    (``AveragedModel``, keys under ``module.``), whose weights evaluations score."""
+
+    model_config: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    step: int
+    data: dict[str, Any] = field(default_factory=dict)
+    """The training data's description (:meth:`flowplug.data.ImageData.info`, with the held-out split)."""
+    trainer_config: dict[str, Any] | None = None
+    ema: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None
+    phase: int = 0
+    """The index of the training plan's phase the run is in."""
+    phase_starts: list[int] = field(default_factory=lambda: [0])
+    """The step at which each phase so far began."""
+    skipped_steps: int = 0
+    best_val_bpd: float | None = None
+    total_steps: int | None = None
+    schedule_segment: list[float] | None = None
+    elapsed_s: float = 0.0
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    parent: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+
+    def weights(self, *, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        """The model weights: the EMA copy's (the weights its evaluations scored) when ``use_ema`` and it has
+        one, else the trained weights."""
+        if not use_ema or not self.ema:
+            return self.model
+        prefix = "module."
+        return {key[len(prefix):]: value for key, value in self.ema.items() if key.startswith(prefix)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain data written to disk, with the format and version."""
+        return {"format": FORMAT, "version": VERSION,
+                **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    @classmethod
+    def from_dict(cls, state: Any, source: str = "the checkpoint") -> Checkpoint:
+        """The checkpoint of ``state`` as read from disk, migrated to :data:`VERSION`; raises
+        :class:`CheckpointError` naming ``source`` and what is wrong."""
+        if not isinstance(state, dict) or state.get("format") not in (FORMAT, _FORMAT_V1):
+            raise CheckpointError(f"{source} is not a flowplug checkpoint (format {FORMAT})")
+        state = dict(state)
+        version = 1 if state.pop("format") == _FORMAT_V1 else state.pop("version", None)
+        if not isinstance(version, int) or not 1 <= version <= VERSION:
+            raise CheckpointError(f"{source} has format version {version!r}; this flowplug reads versions 1 to "
+                                  f"{VERSION} (a newer flowplug wrote it?)")
+        for old in range(version, VERSION):
+            state = MIGRATIONS[old](state)
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in state]
+        if missing:
+            raise CheckpointError(f"{source} lacks the entries {missing}")
+        unknown = sorted(set(state) - names)
+        if unknown:
+            raise CheckpointError(f"{source} has unknown entries {unknown}")
+        checkpoint = cls(**state)
+        _check_types(checkpoint, source)
+        return checkpoint
+
+
+def _check_types(checkpoint: Checkpoint, source: str) -> None:
+    kinds = {"model_config": dict, "model": dict, "step": int, "data": dict, "phase": int, "phase_starts": list,
+             "skipped_steps": int, "resumes": list}
+    for name, kind in kinds.items():
+        value = getattr(checkpoint, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{source}: {name} should be a {kind.__name__}, got {type(value).__name__}")
+
+
+def _older_mrcnf_net(config: Any) -> Any:
+    """Model configs of version 1 left MRCNF's net out when it was the then default ``conv_odenet``."""
+    if isinstance(config, dict) and config.get("type") == "mrcnf" and "net" not in config:
+        return {**config, "net": "conv_odenet"}
+    return config
+
+
+def _migrate_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 → 2: the likelihood phase options become a plan of phases, ``likelihood_from`` the phase
+    record; the scheduler's state goes (rates are recomputed from the step); MRCNF's older default net is
+    written out."""
+    from flowplug.train.phases import migrate_phase_options
+
+    state = dict(state)
+    state.pop("scheduler", None)
+    config = state.get("trainer_config")
+    started = state.pop("likelihood_from", None)
+    if started is None and config and config.get("likelihood_after") is not None \
+            and state.get("step", 0) >= config["likelihood_after"]:
+        started = config["likelihood_after"]  # runs of before the phase was recorded switched at that step
+    if config is not None:
+        state["trainer_config"] = migrate_phase_options(config)
+    if started is not None:
+        state["phase"], state["phase_starts"] = 1, [0, int(started)]
+    state["model_config"] = _older_mrcnf_net(state.get("model_config"))
+    parent = state.get("parent")
+    if isinstance(parent, dict):
+        state["parent"] = {**parent, "model_config": _older_mrcnf_net(parent.get("model_config"))}
+    return state
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _migrate_v1}
+"""``MIGRATIONS[v]`` turns the plain data of version ``v`` into version ``v + 1``."""
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save({**state, "format": FORMAT}, file)
+            torch.save(checkpoint.to_dict(), file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -70,11 +191,12 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint safely; raises :class:`CheckpointError` naming what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -86,22 +208,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{str(path)!r} is not a readable checkpoint (truncated or corrupt?): {error}"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a flowplug checkpoint (format {FORMAT})")
-    missing = [key for key in _REQUIRED if key not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks the entries {missing}")
-    return state
+    return Checkpoint.from_dict(state, repr(str(path)))
 
 
-def build_model(state: dict[str, Any], *, use_ema: bool = False, match_dtype: bool = False) -> torch.nn.Module:
-    """Rebuild a checkpoint's model through the registry and load its weights (:func:`model_weights`: the EMA
-    copy's when ``use_ema`` and it has one). ``match_dtype`` first casts the model to the weights' floating dtype
-    (e.g. float64), which loading would otherwise round to the model's default."""
+def _check_archive(path: Path) -> None:
+    """Check every member's CRC of a zip-format checkpoint (torch's format since 1.6): a damaged byte in any
+    tensor is found here, not as wrong numbers later."""
+    if not zipfile.is_zipfile(path):
+        return  # torch.load reports what it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as error:
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupt?): {error}") from None
+    if damaged is not None:
+        raise CheckpointError(f"{str(path)!r} is damaged: the CRC of its entry {damaged!r} does not match "
+                              "(a changed byte on disk?)")
+
+
+def build_model(checkpoint: Checkpoint, *, use_ema: bool = False, match_dtype: bool = False) -> torch.nn.Module:
+    """Rebuild a checkpoint's model through the registry and load its weights (:meth:`Checkpoint.weights`: the
+    EMA copy's when ``use_ema`` and it has one). ``match_dtype`` first casts the model to the weights' floating
+    dtype (e.g. float64), which loading would otherwise round to the model's default."""
     from flowplug.registry import build
 
-    model = build(state["model_config"])
-    weights = model_weights(state, use_ema=use_ema)
+    model = build(checkpoint.model_config)
+    weights = checkpoint.weights(use_ema=use_ema)
     if match_dtype:
         model.to(next(t.dtype for t in weights.values() if t.is_floating_point()))
     try:
@@ -109,16 +241,6 @@ def build_model(state: dict[str, Any], *, use_ema: bool = False, match_dtype: bo
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint weights do not fit its model config: {error}") from None
     return model
-
-
-def model_weights(state: dict[str, Any], *, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """A checkpoint's model weights: the EMA copy's (the weights its evaluations scored) when ``use_ema`` and
-    it has one (``AveragedModel`` keys under ``module.``), else the trained weights."""
-    ema = state.get("ema") if use_ema else None
-    if not ema:
-        return state["model"]
-    prefix = "module."
-    return {key[len(prefix):]: value for key, value in ema.items() if key.startswith(prefix)}
 
 
 def capture_rng() -> dict[str, Any]:

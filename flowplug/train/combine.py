@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from flowplug.train.checkpoint import CheckpointError, build_model, load_checkpoint, model_weights
+from flowplug.train.checkpoint import CheckpointError, build_model, load_checkpoint
 
 __all__ = ["combine_level_checkpoints"]
 
@@ -35,7 +35,7 @@ def combine_level_checkpoints(
         raise CheckpointError(f"{str(first_path)!r} holds a {type(model).__name__}, which has no levels")
     taken: dict[int, Path] = {}
     for path, state, levels in states:
-        if state["model_config"] != first_state["model_config"]:
+        if state.model_config != first_state.model_config:
             raise CheckpointError(
                 f"{str(path)!r} holds a model of another config than {str(first_path)!r}; only levels of "
                 "identically configured models can be combined"
@@ -44,6 +44,6 @@ def combine_level_checkpoints(
             if s in taken:
                 raise ValueError(f"level {s} is asked from both {str(taken[s])!r} and {str(path)!r}")
             taken[s] = path
-        model.load_levels(model_weights(state, use_ema=use_ema), levels)
+        model.load_levels(state.weights(use_ema=use_ema), levels)
     return model
 

@@ -1,19 +1,19 @@
-"""The settings of a training run (:class:`TrainConfig`), validated when made, and the learning-rate schedule."""
+"""The settings of a training run (:class:`TrainConfig`), validated when made."""
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from flowplug.train.budget import CLOCKS
 from flowplug.train.objectives import objective_spec
+from flowplug.train.phases import migrate_phase_options, normalize_phases
 
-__all__ = ["CLOCKS", "PRECISIONS", "SCHEDULES", "TrainConfig", "budget_clock", "lr_factor"]
+__all__ = ["CLOCKS", "PRECISIONS", "SCHEDULES", "TrainConfig"]
 
 PRECISIONS = ("auto", "float32", "float64", "bf16")
 SCHEDULES = ("cosine", "constant")
-CLOCKS = ("wall", "process")
 
 
 @dataclass
@@ -43,51 +43,47 @@ class TrainConfig:
     precision: str = "auto"
     """``"float32"``, ``"float64"``, ``"bf16"`` (autocast, CUDA) or ``"auto"``: bf16 on CUDA for
     discrete flows, float32 for continuous ones (:attr:`FlowModel.is_continuous`) and on other devices."""
-    objective: str | dict[str, Any] = "likelihood"
-    """A registered objective's name or spec, e.g. ``{"type": "flow_matching", "sigma": 1e-4}``
-    (:mod:`flowplug.train.objectives`); stored as a spec. Evaluation always reports exact-likelihood
-    bits per dimension."""
-    likelihood_after: int | None = None
-    """Start the likelihood fine-tuning phase at this step (e.g. after flow-matching pre-training). When the
-    phase starts, training continues from the EMA weights (when there is an EMA, which then restarts from
-    them), with the optimiser's moments reset: the flow-matching loss's gradient statistics do not fit the
-    likelihood's."""
-    likelihood_minutes: float | None = None
-    """Start the likelihood phase when this many minutes of the ``minutes`` budget are left (instead of at a
-    step: with a time budget the step count is not known in advance)."""
-    likelihood_lr: float | None = None
-    """The learning rate of the likelihood phase, constant from its first step; ``None``: the run's schedule
-    goes on."""
+    objective: str | dict[str, Any] | None = None
+    """The objective of a one-phase run: a registered objective's name or spec, e.g.
+    ``{"type": "flow_matching", "sigma": 1e-4}`` (:mod:`flowplug.train.objectives`); ``None``: the likelihood, or
+    the first phase's when ``phases`` are given. After validation it is the first phase's objective, as a spec.
+    Evaluation always reports exact-likelihood bits per dimension."""
+    phases: list[dict[str, Any]] | None = None
+    """The training plan (:mod:`flowplug.train.phases`), e.g. ``[{"objective": "flow_matching", "until": 0.65},
+    {"objective": "likelihood", "levels": [0], "lr": 2e-3}]``; ``None``: one phase of ``objective``. Stored
+    validated, with objectives as specs."""
     trainable_levels: list[int] | None = None
     """Train only these levels of a multi-level model (``set_trainable_levels``); the rest stay frozen."""
-    likelihood_levels: list[int] | None = None
-    """The levels of a multi-level model that the likelihood phase trains; the others are frozen from the
-    phase's first step and their likelihood terms, constants to the optimiser, are not computed (on MNIST a
-    phase on the finest level alone took three times the steps of one on both levels). ``None``: the levels
-    training had (``trainable_levels``)."""
     seed: int = 0
     hflip: bool = False
     log_every: int = 10
     eval_every: int | None = None
+    """Evaluate the validation data every this many steps (besides the final evaluation)."""
+    eval_points: int | None = None
+    """Evaluate the validation data at this many evenly spaced points of the budget (the last at its end), e.g.
+    for a BPD-against-time curve of a time budget, whose steps are not known in advance."""
     eval_batch_size: int = 256
     sample_every: int | None = None
     num_samples: int = 64
     temperature: float = 1.0
     checkpoint_every: int | None = None
+    """Checkpoint every this many steps; ``None``: at each quarter of the budget (and at the end)."""
     keep_last: int = 2
     max_bad_steps: int = 20
     """Consecutive non-finite steps after which the run stops with an error."""
     progress: bool = True
-    tensorboard: bool = True
+    tensorboard: bool | None = None
+    """Write TensorBoard events: ``None`` when the package is installed, ``True`` (say so when it is not),
+    ``False`` never."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accumulation", "eval_batch_size", "num_samples",
                      "keep_last", "max_bad_steps", "log_every", "eval_every", "sample_every",
-                     "checkpoint_every", "likelihood_after"):
+                     "checkpoint_every", "eval_points"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("epochs", "minutes", "lr", "temperature", "grad_clip", "likelihood_minutes", "likelihood_lr"):
+        for name in ("epochs", "minutes", "lr", "temperature", "grad_clip"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not 0 < value < math.inf):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -106,29 +102,21 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("warmup_steps and weight_decay must not be negative")
-        self.objective = objective_spec(self.objective)
-        self._check_likelihood_phase()
+        self._check_plan()
 
-    def _check_likelihood_phase(self) -> None:
-        if self.likelihood_after is not None and self.likelihood_minutes is not None:
-            raise ValueError("give the likelihood phase's start once: likelihood_after (a step) or "
-                             "likelihood_minutes (minutes before the end of the budget), not both")
-        if self.likelihood_minutes is not None and (self.minutes is None or self.likelihood_minutes >= self.minutes):
-            raise ValueError(f"likelihood_minutes={self.likelihood_minutes} must be less than the minutes budget "
-                             f"(minutes={self.minutes})")
-        if self.likelihood_levels is not None:
-            levels = self.likelihood_levels
-            if (not isinstance(levels, list) or not levels or len(set(levels)) != len(levels)
-                    or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in levels)):
-                raise ValueError(f"likelihood_levels must be a non-empty list of distinct level indices (integers "
-                                 f">= 0), got {levels!r}")
-            if self.trainable_levels is not None and not set(levels) <= set(self.trainable_levels):
-                raise ValueError(f"likelihood_levels {levels} must be among the trainable_levels "
-                                 f"{self.trainable_levels}: the phase cannot train a level training froze")
-        phase = self.likelihood_after is not None or self.likelihood_minutes is not None
-        if phase and self.objective["type"] == "likelihood":
-            raise ValueError("the objective is already the likelihood: a likelihood phase needs another "
-                             "objective before it (e.g. flow_matching)")
+    def _check_plan(self) -> None:
+        given = None if self.objective is None else objective_spec(self.objective)
+        self.phases = normalize_phases(self.phases, given)
+        first = self.phases[0]["objective"]
+        if given is not None and given != first:
+            raise ValueError(f"objective {given} differs from the first phase's {first}; give the objective in "
+                             "the phases (or leave phases out for a one-phase run)")
+        self.objective = first
+        if self.trainable_levels is not None:
+            for i, phase in enumerate(self.phases):
+                if phase["levels"] is not None and not set(phase["levels"]) <= set(self.trainable_levels):
+                    raise ValueError(f"phases[{i}].levels {phase['levels']} must be among the trainable_levels "
+                                     f"{self.trainable_levels}: a phase cannot train a level the run froze")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data."""
@@ -136,39 +124,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """A config from plain data; unknown keys raise ``ValueError`` naming them."""
+        """A config from plain data; unknown keys raise ``ValueError`` naming them. Options of versions before
+        phases (``likelihood_after``, ``likelihood_minutes``, ``likelihood_lr``, ``likelihood_levels``) are
+        rewritten as phases (:func:`~flowplug.train.phases.migrate_phase_options`)."""
+        values = migrate_phase_options(values)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown trainer option(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
-
-
-def budget_clock(clock: str) -> float:
-    """The current reading in seconds of the budget clock ``clock`` (one of :data:`CLOCKS`)."""
-    if clock == "process":
-        return time.process_time()
-    if clock == "wall":
-        return time.monotonic()
-    raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
-
-
-def lr_factor(config: TrainConfig, step: int, total_steps: int | None,
-              segment: tuple[int, float] | None = None) -> float:
-    """The learning rate's multiplier at ``step``: linear warm-up, then cosine decay to 0 at ``total_steps``
-    (or constant).
-
-    ``segment = (start, factor)`` is a budget extended on resume: from step ``start`` on, a new cosine segment
-    decays from ``factor`` (the rate the run had reached) to 0 at the new ``total_steps``.
-    """
-    if segment is not None and step >= segment[0] and total_steps:
-        start, factor = segment
-        progress = min(1.0, (step - start) / max(1, total_steps - start))
-        return factor * 0.5 * (1.0 + math.cos(math.pi * progress))
-    warmup = config.warmup_steps
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if config.schedule == "constant" or not total_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))

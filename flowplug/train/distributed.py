@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from lightning_utilities.core.rank_zero import rank_zero_only
 
-__all__ = ["all_reduce_mean", "barrier", "is_distributed", "rank", "rank_zero_only", "setup", "world_size"]
+__all__ = ["all_reduce_max", "all_reduce_mean", "barrier", "is_distributed", "rank", "rank_zero_only", "setup",
+           "world_size"]
 
 rank_zero_only.rank = int(os.environ.get("RANK", 0))
 
@@ -54,6 +55,15 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values)
     return values / world_size()
+
+
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``values`` over all ranks (``values`` itself in a single process)."""
+    if not is_distributed():
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
 
 
 def barrier() -> None:

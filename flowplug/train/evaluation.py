@@ -1,24 +1,31 @@
-"""Held-out evaluation: mean bits per dimension of a dataset, overall and per level, as a pure function.
+"""Scoring a model on images: the one evaluation path of the trainer, ``flowplug evaluate``, ``flowplug ood`` and
+the benchmarks.
 
-The dequantisation noise is drawn from ``seed``, so repeated evaluations of one model are comparable; under
-``torchrun`` each process scores its share and the sums are averaged.
+Every score draws the dequantisation noise of ``data`` from ``seed`` (the same noise each time, so evaluations
+of one model are comparable) and sums each level's log-density term per image (:func:`level_terms`).
+:func:`evaluate` averages them over all of ``data`` (shared among ``torchrun`` processes); per-image scores
+(:func:`flowplug.ood.score_images`) keep them apart. :func:`cnf_settings` changes the CNFs' evaluation trace or
+solver tolerance for one block, e.g. to check that a figure is converged in the tolerance.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from flowplug.cnf.flow import CNF, DIVERGENCES
 from flowplug.data import ImageData, dequantize
 from flowplug.metrics import bits_per_dim, level_bits_per_dim
 from flowplug.models.base import FlowModel
 from flowplug.train import distributed
 
-__all__ = ["count_nfe", "evaluate", "evaluation_inputs"]
+__all__ = ["cnf_settings", "count_nfe", "evaluate", "evaluation_inputs", "level_terms"]
 
 
 def count_nfe(model: nn.Module) -> int | None:
@@ -32,7 +39,42 @@ def evaluation_inputs(data: ImageData, seed: int, dtype: torch.dtype = torch.flo
     return dequantize(data.x, data.n_bins, generator=torch.Generator().manual_seed(seed + 2**31), dtype=dtype)
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float | None = None) -> Iterator[None]:
+    """Within the block, every CNF of ``model`` evaluates with the ``trace`` divergence and/or its evaluation
+    solver at ``atol = rtol = tolerance``; the settings are restored after."""
+    if trace is not None and trace not in DIVERGENCES:
+        raise ValueError(f"unknown trace {trace!r}; expected one of {DIVERGENCES}")
+    if tolerance is not None and (isinstance(tolerance, bool) or not 0 < tolerance < 1):
+        raise ValueError(f"tolerance must lie in (0, 1), got {tolerance!r}")
+    cnfs = [m for m in model.modules() if isinstance(m, CNF)]
+    saved = [(m.eval_divergence, m.eval_solver) for m in cnfs]
+    for m in cnfs:
+        if trace is not None:
+            m.eval_divergence = trace
+        if tolerance is not None:
+            m.eval_solver = dataclasses.replace(m.eval_solver, atol=tolerance, rtol=tolerance)
+    try:
+        yield
+    finally:
+        for m, (divergence, solver) in zip(cnfs, saved, strict=True):
+            m.eval_divergence, m.eval_solver = divergence, solver
+
+
+def level_terms(model: FlowModel, inputs: torch.Tensor, *, batch_size: int, device: torch.device,
+                nfes: list[int] | None = None) -> Iterator[torch.Tensor]:
+    """``(levels, B)`` float64 log-density terms of each batch of the dequantised ``inputs`` under ``model`` (in
+    eval mode, no gradients), on ``device``; each batch's function evaluations are appended to ``nfes``."""
+    model.eval()
+    with torch.no_grad():
+        for batch in inputs.split(batch_size):
+            terms = torch.stack(model.level_log_probs(batch.to(device))).double()
+            nfe = count_nfe(model)
+            if nfes is not None and nfe is not None:
+                nfes.append(nfe)
+            yield terms
+
+
 def evaluate(
     model: FlowModel,
     data: ImageData,
@@ -42,26 +84,29 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
+    trace: str | None = None,
+    tolerance: float | None = None,
 ) -> dict[str, Any]:
-    """Mean BPD of ``model`` (in eval mode) over all of ``data``: ``bpd``, ``per_level_bpd``, ``num_images``.
+    """Mean BPD of ``model`` over all of ``data``: ``bpd``, ``per_level_bpd``, ``num_images`` and, for CNF
+    models, ``nfe``, the mean function evaluations per batch (images of a batch share the adaptive steps, so it
+    is also the count per image).
 
     ``per_level_bpd[s]`` is level ``s``'s share ``-E[log p_s] / (D ln 2)``; their sum plus ``log2(n_bins)`` is
-    ``bpd``. ``nfe`` (CNF models) is the mean function evaluations per batch. ``autocast`` is the precision
-    context to score in (default none).
+    ``bpd``. ``autocast`` is the precision context to score in (default none); ``trace`` and ``tolerance``
+    override the CNFs' evaluation settings (:func:`cnf_settings`).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if len(data) == 0:
+        raise ValueError(f"{data.name} has no images to evaluate")
     device = torch.device(device)
-    model.eval()
     mine = evaluation_inputs(data, seed, dtype)[distributed.rank()::distributed.world_size()]
     sums, nfes = None, []
-    with torch.random.fork_rng(devices=[]), autocast or contextlib.nullcontext():
+    with torch.random.fork_rng(devices=[]), autocast or contextlib.nullcontext(), \
+            cnf_settings(model, trace=trace, tolerance=tolerance):
         torch.manual_seed(seed)
-        for batch in mine.split(batch_size):
-            levels = model.level_log_probs(batch.to(device))
-            batch_sums = torch.stack([lp.double().sum() for lp in levels])
-            sums = batch_sums if sums is None else sums + batch_sums
-            nfe = count_nfe(model)
-            if nfe is not None:
-                nfes.append(nfe)
+        for terms in level_terms(model, mine, batch_size=batch_size, device=device, nfes=nfes):
+            sums = terms.sum(1) if sums is None else sums + terms.sum(1)
     count = torch.tensor(float(mine.shape[0]), dtype=torch.float64, device=device)
     totals = distributed.all_reduce_mean(torch.cat([sums, count.view(1)]))
     mean_terms = list(totals[:-1] / totals[-1])

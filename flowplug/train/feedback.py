@@ -10,17 +10,18 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from flowplug.train.distributed import rank_zero_only
+from flowplug.train.distributed import rank_zero_only, world_size
+from flowplug.train.run_folder import RunFolder
 
-__all__ = ["MIN_GRID_SIDE", "MetricsLogger", "Progress", "grid_zoom", "notify", "per_level_note", "save_image_grid",
-           "write_report"]
-
+__all__ = ["MIN_GRID_SIDE", "MetricsLogger", "Progress", "grid_zoom", "notify", "per_level_note", "run_report",
+           "save_image_grid", "write_report"]
 
 
 @rank_zero_only
@@ -30,36 +31,35 @@ def notify(message: str) -> None:
 
 
 class MetricsLogger:
-    """Appends ``step, elapsed_s, split, metric, value`` rows to ``metrics.csv`` in ``folder``, and
-    writes the same scalars to TensorBoard (``folder/tensorboard``) when it is installed.
+    """Appends ``step, elapsed_s, split, metric, value`` rows to the run folder's ``metrics.csv``, and writes the
+    same scalars as TensorBoard events when ``tensorboard`` is True, or None and the package is installed.
 
-    ``after_step`` (a resume) first drops the rows of steps past it, which the resumed run writes again.
+    ``after_step`` (a resume) first drops the rows of steps past it, which the resumed run writes again; the
+    file is replaced atomically, so a process killed meanwhile leaves the old file, and unreadable rows (a
+    blank line, a row cut by a kill) are dropped with the rest.
     """
 
-    def __init__(self, folder: Path, tensorboard: bool = True, after_step: int | None = None) -> None:
-        self.path = folder / "metrics.csv"
+    def __init__(self, folder: RunFolder, tensorboard: bool | None = None, after_step: int | None = None) -> None:
+        self.path = folder.metrics
         self._writer = None
-        self.tensorboard = tensorboard and importlib.util.find_spec("tensorboard") is not None
-        """Whether TensorBoard events are written (requested and installed)."""
+        installed = importlib.util.find_spec("tensorboard") is not None
+        self.tensorboard = installed and tensorboard is not False
+        """Whether TensorBoard events are written (not turned off, and installed)."""
         if rank_zero_only.rank != 0:
             return
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.root.mkdir(parents=True, exist_ok=True)
         if after_step is not None and self.path.exists():
-            with self.path.open(newline="") as file:
-                rows = list(csv.reader(file))
-            kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= after_step]
+            _keep_rows_up_to(self.path, after_step)
+        if not self.path.exists() or self.path.stat().st_size == 0:
             with self.path.open("w", newline="") as file:
-                csv.writer(file).writerows(kept)
-        if not self.path.exists():
-            with self.path.open("w", newline="") as file:
-                csv.writer(file).writerow(["step", "elapsed_s", "split", "metric", "value"])
+                csv.writer(file).writerow(_HEADER)
         if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(folder / "tensorboard"))
+            self._writer = SummaryWriter(str(folder.tensorboard))
         elif tensorboard:
-            print("flowplug: warning: TensorBoard logging was requested but the tensorboard package is not "
-                  "installed, so metrics go to metrics.csv only (pip install tensorboard)", file=sys.stderr)
+            notify("warning: tensorboard=True but the tensorboard package is not installed, so metrics go to "
+                   "metrics.csv only (pip install tensorboard)")
 
     @rank_zero_only
     def log(self, step: int, elapsed: float, split: str, metrics: dict[str, float]) -> None:
@@ -75,6 +75,23 @@ class MetricsLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+_HEADER = ["step", "elapsed_s", "split", "metric", "value"]
+
+
+def _keep_rows_up_to(path: Path, step: int) -> None:
+    """Rewrite ``metrics.csv`` with the rows of steps up to ``step`` (atomically: a temporary file renamed over
+    it)."""
+    with path.open(newline="") as file:
+        rows = [row for row in csv.reader(file) if len(row) == len(_HEADER)]
+    kept = [_HEADER] + [row for row in rows if row[0].isdigit() and int(row[0]) <= step]
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as file:
+        csv.writer(file).writerows(kept)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
 
 
 class Progress:
@@ -135,15 +152,45 @@ def save_image_grid(v: torch.Tensor, path: str | Path, columns: int | None = Non
 
 
 @rank_zero_only
-def write_report(report: dict[str, Any], folder: Path) -> None:
-    """``report.json`` and a readable ``report.txt`` in ``folder``.
+def run_report(trainer: Any, last: dict[str, float], elapsed: float, steps_run: int,
+               data_info: dict[str, Any]) -> dict[str, Any]:
+    """The final report of a ``fit`` of ``trainer`` (a :class:`~flowplug.train.Trainer`), before evaluation."""
+    budget = trainer.budget
+    report: dict[str, Any] = {
+        "model": (trainer.model.config or {}).get("type", type(trainer.model).__name__),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "device": str(trainer.device),
+        "processes": world_size(),
+        "precision": trainer.precision,
+        "steps": trainer.step,
+        "steps_this_run": steps_run,
+        "skipped_steps": trainer.skipped_steps,
+        "phase_starts": list(trainer.phase_starts),
+        "train_time_s": round(elapsed, 3),
+        "clock": trainer.config.clock,
+        "budget_time_s": round(budget.spent_s, 3),
+        "steps_per_s": round(steps_run / elapsed, 3) if elapsed > 0 else None,
+        "final_train_loss": last.get("loss"),
+        "final_train_bpd": last.get("bpd"),
+        "data": data_info,
+    }
+    if trainer.parent is not None:
+        report["grown_from"] = {key: trainer.parent[key] for key in ("checkpoint", "step", "sha256")}
+    return report
+
+
+@rank_zero_only
+def write_report(report: dict[str, Any], folder: RunFolder) -> None:
+    """The run folder's ``report.json`` and a readable ``report.txt``.
 
     ``report.txt`` leaves out values that do not apply (``None``, e.g. the training BPD under flow matching)
     and explains the per-level bits per dimension in one line.
     """
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    folder.report_json.write_text(json.dumps(report, indent=2) + "\n")
     lines = []
     for key, value in report.items():
+        if key == "curve":
+            continue
         if isinstance(value, dict):
             lines.append(f"{key}:")
             lines += [f"  {k}: {_fmt(v)}" for k, v in value.items() if v is not None]
@@ -151,7 +198,7 @@ def write_report(report: dict[str, Any], folder: Path) -> None:
                 lines.append("  " + per_level_note(report["data"]["n_bins"]))
         elif value is not None:
             lines.append(f"{key}: {_fmt(value)}")
-    (folder / "report.txt").write_text("\n".join(lines) + "\n")
+    folder.report_txt.write_text("\n".join(lines) + "\n")
 
 
 def per_level_note(n_bins: int) -> str:

@@ -17,14 +17,13 @@ from typing import Any
 
 from flowplug.data import ImageData
 from flowplug.models.mrcnf import MRCNF
-from flowplug.train.checkpoint import CheckpointError, build_model, load_checkpoint
-from flowplug.train.rotation import load_latest
+from flowplug.train.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint
 from flowplug.train.run_folder import RunFolder
 
 __all__ = ["load_parent", "parent_checkpoint"]
 
 
-def parent_checkpoint(source: str | Path) -> tuple[Path, dict[str, Any]]:
+def parent_checkpoint(source: str | Path) -> tuple[Path, Checkpoint]:
     """``(path, state)`` of the checkpoint ``source`` names: a checkpoint file, or a run folder, whose newest
     intact step checkpoint is taken (the one ``--resume`` continues from)."""
     path = Path(source)
@@ -32,7 +31,7 @@ def parent_checkpoint(source: str | Path) -> tuple[Path, dict[str, Any]]:
         return path, load_checkpoint(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} is neither a checkpoint file nor a run folder")
-    found = load_latest(RunFolder(path).checkpoints)
+    found = RunFolder(path).load_latest()
     if found is None:
         raise FileNotFoundError(f"run folder {str(path)!r} holds no step checkpoint in checkpoints/")
     return found[0], found[1]
@@ -50,14 +49,14 @@ def load_parent(
     :class:`~flowplug.train.checkpoint.CheckpointError`.
     """
     path, state = parent_checkpoint(source)
-    config = state["model_config"]
+    config = state.model_config
     kind = config.get("type") if isinstance(config, Mapping) else None
     parent = build_model(state, use_ema=use_ema, match_dtype=True) if kind is not None else None
     if not isinstance(parent, MRCNF):
         raise CheckpointError(f"{str(path)!r} holds a {kind or 'non-rebuildable'} model; only a multi-resolution "
                               "model (mrcnf) can grow a finer level")
     channels, height, width = parent.image_shape
-    n_bins = state["data"].get("n_bins")
+    n_bins = state.data.get("n_bins")
     wanted = (channels, 2 * height, 2 * width)
     if (data.image_shape, data.n_bins) != (wanted, n_bins):
         raise ValueError(f"cannot grow {str(path)!r} (images {parent.image_shape}, n_bins={n_bins}) on "
@@ -66,14 +65,14 @@ def load_parent(
     record = {
         "checkpoint": str(path.resolve()),
         "sha256": _sha256(path),
-        "step": state["step"],
-        "weights": "ema" if use_ema and state.get("ema") else "trained",
-        "best_val_bpd": state.get("best_val_bpd"),
-        "data": state["data"],
+        "step": state.step,
+        "weights": "ema" if use_ema and state.ema else "trained",
+        "best_val_bpd": state.best_val_bpd,
+        "data": state.data,
         "model_config": config,
-        "trainer_config": state.get("trainer_config"),
+        "trainer_config": state.trainer_config,
         "levels": "the parent's level s is level s + 1 of the grown model; level 0 is new",
-        "parent": state.get("parent"),
+        "parent": state.parent,
     }
     return parent, record
 

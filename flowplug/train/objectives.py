@@ -26,7 +26,8 @@ from flowplug.metrics import bits_per_dim
 from flowplug.models.base import FlowModel
 from flowplug.registry import check_arguments, components, get_component, register
 
-__all__ = ["Objective", "flow_matching", "get_objective", "likelihood", "objective_spec", "objectives"]
+__all__ = ["Objective", "check_objective_fits", "flow_matching", "get_objective", "likelihood", "objective_spec",
+           "objectives"]
 
 Objective = Callable[[FlowModel, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """An objective with its parameters bound: ``(model, batch) -> (loss, metrics)``."""
@@ -98,6 +99,14 @@ def objective_spec(objective: str | Mapping[str, Any]) -> dict[str, Any]:
     params = {key: value for key, value in spec.items() if key != "type"}
     check_arguments(get_component(spec["type"], kind=_KIND), params, supplied=2)
     return spec
+
+
+def check_objective_fits(objective: Mapping[str, Any], model: FlowModel, where: str = "objective") -> None:
+    """Raise ``ValueError`` when ``objective`` (a spec) cannot train ``model``: flow matching trains CNFs only."""
+    if objective["type"] == "flow_matching" and not model.is_continuous:
+        kind = (model.config or {}).get("type", type(model).__name__)
+        raise ValueError(f"{where}: the flow_matching objective trains CNFs and {kind} has none; train it with "
+                         "the likelihood objective")
 
 
 def get_objective(objective: str | Mapping[str, Any]) -> Objective:

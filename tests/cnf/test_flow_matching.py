@@ -119,7 +119,7 @@ def test_flow_matching_loss_decreases_and_the_trained_cnf_keeps_exact_likelihood
 def test_mrcnf_flow_matching_trains_every_level():
     torch.manual_seed(0)
     solver = {"method": "rk4", "step_size": 0.5}
-    model = MRCNF((1, 4, 4), levels=2, hidden_channels=16, num_layers=2, train_solver=solver, eval_solver=solver)
+    model = MRCNF((1, 4, 4), levels=2, hidden_channels=16, num_blocks=1, train_solver=solver, eval_solver=solver)
     data = (torch.rand(128, 1, 1, 1) * 0.5 + 0.25 + 0.05 * torch.randn(128, 1, 4, 4)).clamp(0, 0.99)
     model.initialize_from_data(data)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from flowplug.train import load_checkpoint
-from flowplug.train.rotation import load_latest
+from flowplug.train.run_folder import RunFolder
 
 STEPS = 24
 CONFIG = {"model": {"type": "glow", "levels": 1, "depth": 2, "hidden_channels": 8},
@@ -46,7 +46,7 @@ def _wait_for(out: Path, process: subprocess.Popen, pattern: str = "step-*.pt") 
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(out / "checkpoints" / f"step-{STEPS:08d}.pt")["model"]
+    return load_checkpoint(RunFolder(out).step_checkpoint(STEPS)).model
 
 
 def run_trials(trials: int, folder: Path, seed: int = 0) -> dict[str, object]:
@@ -70,10 +70,10 @@ def run_trials(trials: int, folder: Path, seed: int = 0) -> dict[str, object]:
         process.send_signal(signal.SIGKILL)
         process.communicate()
         try:
-            found = load_latest(out / "checkpoints") if (out / "checkpoints").exists() else None
+            found = RunFolder(out).load_latest() if (out / "checkpoints").exists() else None
             if found is not None and found[2]:
                 raise AssertionError(f"the newest checkpoint is not intact: {found[2]}")
-            killed_at_step.append(found[1]["step"] if found else 0)
+            killed_at_step.append(found[1].step if found else 0)
             resumed = _train(out, config, "--resume")
             _, err = resumed.communicate(timeout=600)
             if resumed.returncode != 0:

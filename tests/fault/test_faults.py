@@ -54,7 +54,7 @@ def test_a_diverging_run_keeps_a_resumable_checkpoint(tmp_path, capsys):
 def test_only_rank_zero_reports_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "flowplug", "train", "--model", "realnvp", "--steps", "2", "--batch-size", "16",
+               "-m", "flowplug", "train", "--recipe", "realnvp", "--steps", "2", "--batch-size", "16",
                "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -45,7 +45,7 @@ def test_a_minimal_model_gets_the_defaults():
 
 
 def test_continuity_and_level_shares_of_mrcnf():
-    model = flowplug.MRCNF((1, 4, 4), levels=2, hidden_channels=4, num_layers=2,
+    model = flowplug.MRCNF((1, 4, 4), levels=2, hidden_channels=4, num_blocks=1,
                            train_solver={"method": "rk4", "step_size": 0.5})
     assert model.is_continuous and not flowplug.Glow((1, 8, 8), levels=1, depth=1).is_continuous
     v = torch.rand(2, 1, 4, 4)
@@ -54,7 +54,7 @@ def test_continuity_and_level_shares_of_mrcnf():
 
 
 def test_levels_are_the_core_composite():
-    model = flowplug.MRCNF((1, 4, 4), levels=2, hidden_channels=4, num_layers=2)
+    model = flowplug.MRCNF((1, 4, 4), levels=2, hidden_channels=4, num_blocks=1)
     assert all(isinstance(level, ResolutionLevel) and isinstance(level, ComposedFlow) for level in model.levels)
     level = model.levels[0]
     assert level.chain()[: len(level.flows)] == list(level.flows) and level.chain()[-1] is level.standardize

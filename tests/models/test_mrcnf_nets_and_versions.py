@@ -7,6 +7,8 @@ import torch
 
 import flowplug
 from flowplug.cnf import ConvODENet, ResODENet
+from flowplug.recipes import load_recipe, recipe
+from flowplug.train.checkpoint import Checkpoint, build_model
 
 SOLVER = {"method": "rk4", "step_size": 0.5}
 
@@ -22,14 +24,26 @@ def _nets(model):
     return [level.flows[0].net for level in model.levels]
 
 
-def test_old_default_config_builds_the_conv_model_and_its_checkpoint_state_loads():
-    model = flowplug.build(OLD_DEFAULT_CONFIG)
-    assert all(type(net) is ConvODENet for net in _nets(model))
-    assert model.config == {**OLD_DEFAULT_CONFIG}  # nothing new is written for old options
-    assert sum(p.numel() for p in model.parameters()) == 123_718  # the old preset's size
-    state = {"model_config": model.config, "model": model.state_dict()}
-    rebuilt = flowplug.build(state["model_config"])
-    rebuilt.load_state_dict(state["model"])  # strict: the same modules and buffers
+def test_a_checkpoint_of_the_old_default_config_migrates_to_the_conv_model_and_its_state_loads():
+    old = flowplug.build({**OLD_DEFAULT_CONFIG, "net": "conv_odenet"})
+    assert sum(p.numel() for p in old.parameters()) == 123_718  # the old preset's size
+    written = {"format": "flowplug-checkpoint-v1", "model_config": OLD_DEFAULT_CONFIG, "model": old.state_dict(),
+               "step": 3}
+    checkpoint = Checkpoint.from_dict(written)
+    assert checkpoint.model_config == {**OLD_DEFAULT_CONFIG, "net": "conv_odenet"}
+    rebuilt = build_model(checkpoint)  # strict: the same modules and buffers
+    assert all(type(net) is ConvODENet for net in _nets(rebuilt))
+
+
+def test_the_class_defaults_are_the_recipes_level_nets():
+    model = flowplug.MRCNF((1, 8, 8), levels=2)
+    assert all(type(net) is ResODENet for net in _nets(model))
+    recipe = load_recipe("mrcnf")["model"]
+    assert recipe["net"] == model.config["net"] and recipe["logit_alpha"] == model.config["logit_alpha"]
+    defaults = ResODENet(1)
+    assert all((net.input.out_channels, len(net.blocks)) == (defaults.input.out_channels, len(defaults.blocks))
+               == (recipe["net_options"]["hidden_channels"], recipe["net_options"]["num_blocks"])
+               for net in _nets(model))
 
 
 def test_net_options_per_level_and_the_config_rebuilds():
@@ -63,7 +77,7 @@ def test_per_level_level_flows_through_build_keep_a_rebuildable_config():
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"net": "res_odenet", "num_layers": 2}, TypeError, "net_options"),
+        ({"net": "res_odenet", "num_layers": 2}, TypeError, "no option 'num_layers' with net='res_odenet'"),
         ({"net_options": [{"hidden_channels": 8}]}, ValueError, "one entry per level"),
         ({"net_options": [{"type": "res_odenet"}, None]}, TypeError, "net="),
         ({"net_options": "wide"}, TypeError, "net_options"),
@@ -74,12 +88,8 @@ def test_bad_net_options(options, error, match):
         flowplug.MRCNF((1, 8, 8), levels=2, **options)
 
 
-def test_cli_default_job_builds_a_rebuildable_residual_model():
-    from flowplug.cli import PRESETS
-    from flowplug.train import TrainConfig
-
-    preset = PRESETS["mrcnf"]
-    model = flowplug.build({"type": "mrcnf", "image_shape": [1, 8, 8], **preset["model"]})
+def test_the_default_recipe_builds_a_rebuildable_residual_model():
+    model, config = recipe("mrcnf", flowplug.load_dataset("digits"))
     assert all(isinstance(net, ResODENet) for net in _nets(model))
     flowplug.build(model.config).load_state_dict(model.state_dict())
-    TrainConfig.from_dict(preset["train"])
+    assert config.objective["type"] == "flow_matching"
