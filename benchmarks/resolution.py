@@ -1,9 +1,9 @@
 """Training cost per resolution: CPU time per step and peak memory of MRCNF against the single-resolution CNF.
 
 For 32×32 (3 levels), 64×64 (4 levels) and 128×128 (5 levels) on the offline crops (``crops<SIZE>``,
-:mod:`flowplug.crops`): the issue-11 MRCNF recipe (``compare.py``'s ``mrcnf_recipe``, natural images), the
-single-resolution CNF trained the same way (``single_resolution_recipe``: one residual net on the full image),
-and at 64×64 the CLI's default MRCNF (``flowplug train --data crops64``: ``PRESETS["mrcnf"]``, 3 levels).
+:mod:`flowplug.crops`): the ``mrcnf`` recipe (``flowplug recipes``) with 3, 4 and 5 levels, and the
+``single-resolution-cnf`` recipe (one residual net on the full image), both fitted to the crops, and at 64×64 the
+``mrcnf`` recipe as ``flowplug train --data crops64`` fits it (3 levels, by the recipe's levels rule).
 Both train by flow matching, which needs no ODE solve, so the cost of a step is one pass of every level's net
 and the comparison is between the nets' sizes only (likelihood training's cost also depends on each trained
 model's NFE; see ``compare.py``'s figures for evaluation NFE of trained models).
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare.py lies beside this script
-from compare import mrcnf_recipe, peak_rss_mib, single_resolution_recipe
+from compare import peak_rss_mib
 
 _LEVELS = {32: 3, 64: 4, 128: 5}
 
@@ -53,20 +53,18 @@ def _rss_mib() -> float:
 
 
 def configurations(sizes: list[int]) -> list[dict[str, Any]]:
-    """The measured models: ``{"name", "size", "spec"}`` per size (plus the CLI default at 64×64)."""
-    from flowplug.cli import PRESETS
-
+    """The measured models: ``{"name", "size", "recipe", "model"}`` per size (``model``: spec keys over the
+    recipe's), plus the ``mrcnf`` recipe as fitted by its own rule at 64×64."""
     jobs = []
     for size in sizes:
         levels = _LEVELS.get(size)
         if levels is None:
             raise ValueError(f"sizes are {sorted(_LEVELS)}, got {size}")
-        jobs.append({"name": f"MRCNF ({levels} levels, recipe)", "size": size,
-                     "spec": mrcnf_recipe(levels, flat_backgrounds=False)})
+        jobs.append({"name": f"MRCNF ({levels} levels, recipe)", "size": size, "recipe": "mrcnf",
+                     "model": {"levels": levels}})
         if size == 64:
-            jobs.append({"name": "MRCNF (3 levels, CLI default)", "size": size,
-                         "spec": {"type": "mrcnf", **PRESETS["mrcnf"]["model"]}})
-        jobs.append({"name": "single-resolution CNF", "size": size, "spec": single_resolution_recipe()})
+            jobs.append({"name": "MRCNF (recipe as fitted: 3 levels)", "size": size, "recipe": "mrcnf", "model": {}})
+        jobs.append({"name": "single-resolution CNF", "size": size, "recipe": "single-resolution-cnf", "model": {}})
     return jobs
 
 
@@ -79,6 +77,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     import flowplug
     from flowplug.crops import sample_crops
     from flowplug.data import Batch, dequantize
+    from flowplug.recipes import plan
     from flowplug.train import get_objective
     from flowplug.train.evaluation import count_nfe
 
@@ -86,7 +85,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     images = sample_crops(size, num=batch * (job["steps"] + 1), seed=0)
     v = dequantize(images.x, 256, generator=torch.Generator().manual_seed(0)).split(batch)
     start_rss = _rss_mib()
-    model = flowplug.build({**job["spec"], "image_shape": [3, size, size]})
+    model = flowplug.build(plan(job["recipe"], images, model=job["model"]).model)
     model.initialize_from_data(v[0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = get_objective("flow_matching")

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from lightning_utilities.core.rank_zero import rank_zero_only
 
 __all__ = ["all_reduce_max", "all_reduce_mean", "barrier", "is_distributed", "rank", "rank_zero_only", "setup",
-           "world_size"]
+           "world_size", "wrap"]
 
 rank_zero_only.rank = int(os.environ.get("RANK", 0))
 
@@ -64,6 +64,15 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return values
+
+
+def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel`` in a process group (on its GPU), else itself."""
+    if not is_distributed():
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def barrier() -> None:

@@ -20,14 +20,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from flowplug.data import Batch
+from flowplug.losses import collect_extra_losses
 from flowplug.metrics import bits_per_dim
 from flowplug.models.base import FlowModel
 from flowplug.registry import check_arguments, components, get_component, register
 
-__all__ = ["Objective", "check_objective_fits", "flow_matching", "get_objective", "likelihood", "objective_spec",
-           "objectives"]
+__all__ = ["Objective", "ObjectiveModule", "check_objective_fits", "flow_matching", "get_objective", "likelihood",
+           "objective_spec", "objectives"]
 
 Objective = Callable[[FlowModel, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """An objective with its parameters bound: ``(model, batch) -> (loss, metrics)``."""
@@ -75,6 +77,25 @@ def flow_matching(
     loss = torch.stack(terms).sum()
     metrics = {f"fm_level_{s}": term.detach() for s, term in enumerate(terms)}
     return loss, {"fm_loss": loss.detach(), **metrics}
+
+
+class ObjectiveModule(nn.Module):
+    """A step's loss as one module: ``objective`` on ``model`` plus the extra terms its components contribute
+    (:func:`flowplug.losses.collect_extra_losses`), so that DDP sees the whole loss computation as ``forward``."""
+
+    def __init__(self, model: FlowModel, objective: Objective, n_bins: int) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.n_bins = n_bins
+
+    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, metrics = self.objective(self.model, Batch(v, self.n_bins))
+        for name, term in collect_extra_losses(self.model).items():
+            loss = loss + term
+            metrics[name] = term.detach()
+        metrics["loss"] = loss.detach()
+        return loss, metrics
 
 
 def objectives() -> list[str]:

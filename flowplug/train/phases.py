@@ -25,11 +25,18 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flowplug.train.objectives import objective_spec
+from flowplug.train.ema import make_ema
+from flowplug.train.feedback import notify
+from flowplug.train.objectives import check_objective_fits, objective_spec
 
-__all__ = ["PHASE_KEYS", "migrate_phase_options", "normalize_phases", "phase_over"]
+if TYPE_CHECKING:
+    from flowplug.models.base import FlowModel
+    from flowplug.train.trainer import Trainer
+
+__all__ = ["PHASE_KEYS", "advance_phases", "check_plan_fits", "migrate_phase_options", "normalize_phases",
+           "phase_over"]
 
 PHASE_KEYS = ("objective", "until", "lr", "levels")
 """The keys a phase may hold."""
@@ -104,6 +111,32 @@ def phase_over(until: float | Mapping[str, int] | None, step: int, progress: flo
     if isinstance(until, Mapping):
         return step >= until["step"]
     return progress >= until
+
+
+def check_plan_fits(plan: Sequence[Mapping[str, Any]], model: FlowModel) -> None:
+    """Raise the error of the first phase that cannot train ``model``: an objective it cannot use (flow matching
+    without CNFs) or levels it does not have."""
+    for i, phase in enumerate(plan):
+        check_objective_fits(phase["objective"], model, f"phases[{i}]")
+        if phase["levels"] is not None:
+            model.check_levels(phase["levels"])
+
+
+def advance_phases(trainer: Trainer, progress: float) -> None:
+    """Begin every phase of ``trainer``'s plan whose predecessor is over at its step and ``progress`` of the
+    budget: from the EMA weights (the EMA restarts from them), with fresh optimiser moments, on its levels."""
+    plan = trainer.config.phases
+    while trainer.phase + 1 < len(plan) and phase_over(plan[trainer.phase]["until"], trainer.step, progress):
+        trainer.phase += 1
+        trainer.phase_starts.append(trainer.step)
+        trainer.ensure_ema()
+        if trainer.ema is not None:
+            trainer.model.load_state_dict(trainer.ema.module.state_dict())
+            trainer.ema = make_ema(trainer.model, trainer.config.ema_decay)
+        trainer.optimizer.state.clear()
+        trainer.apply_phase_levels()
+        notify(f"step {trainer.step}: phase {trainer.phase + 1} of {len(plan)} begins "
+               f"({plan[trainer.phase]['objective']['type']})")
 
 
 _LEGACY_KEYS = ("likelihood_after", "likelihood_minutes", "likelihood_lr", "likelihood_levels")

@@ -116,7 +116,7 @@ def load_into(trainer: Trainer, checkpoint: Checkpoint, data_info: dict[str, Any
         trainer.model.load_state_dict(checkpoint.model)
         if checkpoint.optimizer is not None:
             trainer.optimizer.load_state_dict(checkpoint.optimizer)
-        trainer._ensure_ema()
+        trainer.ensure_ema()
         if trainer.ema is not None and checkpoint.ema is not None:
             trainer.ema.load_state_dict(checkpoint.ema)
     except (RuntimeError, ValueError, KeyError) as error:

@@ -1,13 +1,11 @@
 """The one training loop for every flowplug model: fit, evaluate, sample, checkpoint, resume.
 
-A model is a :class:`~flowplug.FlowModel` (the contract: ``log_prob``, ``sample`` and defaults for the rest)
-whose ``config`` is a registry spec, so checkpoints can rebuild it. Images arrive as integers
-(:class:`flowplug.data.ImageData`) and become a dequantised :class:`~flowplug.data.Batch` once per pixel per
-step (:mod:`flowplug.train.batches`); the loss is the current phase's objective (:mod:`flowplug.train.phases`,
-:mod:`flowplug.train.objectives`) plus the extra terms components contribute (:mod:`flowplug.losses`). One
-process, one GPU, or many processes under ``torchrun`` (DDP) run the same code. Settings:
-:mod:`~flowplug.train.config`; rates: :mod:`~flowplug.train.schedule`; budget: :mod:`~flowplug.train.budget`;
-checkpoints and resume: :mod:`~flowplug.train.state`; files: :mod:`~flowplug.train.run_folder`.
+A model is a :class:`~flowplug.FlowModel` whose ``config`` is a registry spec, so checkpoints can rebuild it.
+Integer images (:class:`~flowplug.data.ImageData`) are dequantised once per pixel per step
+(:mod:`~flowplug.train.batches`); the loss is the current phase's objective (:mod:`~flowplug.train.phases`) plus
+the components' extra terms. One process, one GPU or many under ``torchrun`` (DDP) run the same code. Rates:
+:mod:`~flowplug.train.schedule`; budget: :mod:`~flowplug.train.budget`; checkpoints and resume:
+:mod:`~flowplug.train.state`; files: :mod:`~flowplug.train.run_folder`.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from torch.optim.swa_utils import AveragedModel
 
 from flowplug.cnf.solver import ODESolverError
 from flowplug.data import Batch, ImageData
-from flowplug.losses import collect_extra_losses
 from flowplug.models.base import FlowModel
 from flowplug.train import distributed, state
 from flowplug.train.batches import NOISE, batches, make_batch, step_generator
@@ -36,9 +33,9 @@ from flowplug.train.config import TrainConfig
 from flowplug.train.devices import autocast, resolve_device, resolve_precision
 from flowplug.train.ema import make_ema
 from flowplug.train.evaluation import evaluate
-from flowplug.train.feedback import MetricsLogger, Progress, notify, run_report, save_image_grid, write_report
-from flowplug.train.objectives import Objective, check_objective_fits, get_objective
-from flowplug.train.phases import phase_over
+from flowplug.train.feedback import MetricsLogger, Progress, run_report, save_image_grid, write_report
+from flowplug.train.objectives import ObjectiveModule, get_objective
+from flowplug.train.phases import advance_phases, check_plan_fits
 from flowplug.train.run_folder import RunFolder
 from flowplug.train.schedule import learning_rate
 
@@ -47,23 +44,6 @@ __all__ = ["Trainer"]
 _QUARTERS = 4
 """Checkpoints of a run without ``checkpoint_every``: one at each quarter of the budget."""
 
-
-class _ObjectiveModule(nn.Module):
-    """Wraps model and objective so that DDP sees the whole loss computation as ``forward``."""
-
-    def __init__(self, model: FlowModel, objective: Objective, n_bins: int) -> None:
-        super().__init__()
-        self.model = model
-        self.objective = objective
-        self.n_bins = n_bins
-
-    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, metrics = self.objective(self.model, Batch(v, self.n_bins))
-        for name, term in collect_extra_losses(self.model).items():
-            loss = loss + term
-            metrics[name] = term.detach()
-        metrics["loss"] = loss.detach()
-        return loss, metrics
 
 
 class Trainer:
@@ -98,10 +78,7 @@ class Trainer:
         self.precision = resolve_precision(self.config.precision, model, self.device)
         self.dtype = torch.float64 if self.precision == "float64" else torch.float32
         self.model = model.to(self.device, self.dtype)
-        for i, phase in enumerate(self.config.phases):
-            check_objective_fits(phase["objective"], model, f"phases[{i}]")
-            if phase["levels"] is not None:
-                model.check_levels(phase["levels"])
+        check_plan_fits(self.config.phases, model)
         self._objectives = [get_objective(phase["objective"]) for phase in self.config.phases]
         if self.config.trainable_levels is not None:
             model.set_trainable_levels(self.config.trainable_levels)
@@ -112,15 +89,10 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self.best_val_bpd: float | None = None
-        self.phase = 0
-        """The index of the current phase of ``config.phases``."""
-        self.phase_starts = [0]
-        """The step at which each phase so far began."""
+        self.phase, self.phase_starts = 0, [0]  # the current phase's index; the step each phase began at
         self.total_steps: int | None = self.config.steps
-        self.segment: tuple[int, float] | None = None
-        """A cosine segment from a resume that extended the step budget (:mod:`flowplug.train.schedule`)."""
-        self.resumes: list[dict[str, Any]] = []
-        """One record per resume of this run: step, checkpoint, changed options, schedule segment."""
+        self.segment: tuple[int, float] | None = None  # a resume's cosine segment (flowplug.train.schedule)
+        self.resumes: list[dict[str, Any]] = []  # per resume: step, checkpoint, changed options, segment
         self.parent = parent
         self.recipe = recipe
         self.elapsed_before = 0.0
@@ -144,7 +116,6 @@ class Trainer:
         """The run folder, if any."""
         return self.folder.root if self.folder is not None else None
 
-    # -- phases and rates ---------------------------------------------------------------------------------------
 
     def current_phase(self) -> dict[str, Any]:
         return self.config.phases[self.phase]
@@ -155,28 +126,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group.update(lr=rate, weight_decay=self.config.weight_decay)
 
-    def _advance_phases(self, progress: float) -> None:
-        """Begin every phase whose predecessor is over at this step and ``progress`` of the budget."""
-        while self.phase + 1 < len(self.config.phases) and phase_over(self.current_phase()["until"], self.step,
-                                                                      progress):
-            self.phase += 1
-            self.phase_starts.append(self.step)
-            self._ensure_ema()
-            if self.ema is not None:  # continue from the averaged weights; the EMA restarts from them
-                self.model.load_state_dict(self.ema.module.state_dict())
-                self.ema = make_ema(self.model, self.config.ema_decay)
-            self.optimizer.state.clear()
-            self.apply_phase_levels()
-            notify(f"step {self.step}: phase {self.phase + 1} of {len(self.config.phases)} begins "
-                   f"({self.current_phase()['objective']['type']})")
-
     def apply_phase_levels(self) -> None:
         """Train the current phase's levels (when it names them)."""
         levels = self.current_phase()["levels"]
         if levels is not None:
             self.model.set_trainable_levels(levels)
 
-    def _ensure_ema(self) -> None:
+    def ensure_ema(self) -> None:
         """Create the EMA copy, after any data-dependent initialisation has set the model up."""
         if self.ema is None and self.config.ema_decay is not None:
             self.ema = make_ema(self.model, self.config.ema_decay)
@@ -184,14 +140,10 @@ class Trainer:
     def _module(self, n_bins: int) -> nn.Module:
         """The (DDP-wrapped, in a process group) objective module of the current phase, rebuilt when it changes."""
         if self._wrapped is None or self._wrapped_key != (n_bins, self.phase):
-            wrapped = _ObjectiveModule(self.model, self._objectives[self.phase], n_bins)
-            if distributed.is_distributed():
-                device_ids = [self.device.index] if self.device.type == "cuda" else None
-                wrapped = DistributedDataParallel(wrapped, device_ids=device_ids)
-            self._wrapped, self._wrapped_key = wrapped, (n_bins, self.phase)
+            wrapped = ObjectiveModule(self.model, self._objectives[self.phase], n_bins)
+            self._wrapped, self._wrapped_key = distributed.wrap(wrapped, self.device), (n_bins, self.phase)
         return self._wrapped
 
-    # -- one step -------------------------------------------------------------------------------------------------
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One optimiser step of the current phase on this process's share ``batch`` of the global batch.
@@ -201,13 +153,11 @@ class Trainer:
         logged; ``max_bad_steps`` of them in a row raise ``FloatingPointError``. Returns the step's metrics
         averaged over processes; the step's only host synchronisation is reading them back.
         """
-        if self.step == 0 and self._wrapped is None:
-            # Data-dependent initialisation (MRCNF's standardisation, ActNorm) on this batch
-            # before DDP copies rank 0's state to every process.
+        if self.step == 0 and self._wrapped is None:  # data-dependent initialisation, before DDP copies it
             with torch.no_grad(), self._autocast():
                 self.model.initialize_from_data(batch.v)
                 self._objectives[self.phase](self.model, batch)
-        self._ensure_ema()
+        self.ensure_ema()
         module = self._module(batch.n_bins)
         self.model.train()
         self._apply_rates()
@@ -229,13 +179,13 @@ class Trainer:
         finite = torch.isfinite(values).all().float()
         reduced = distributed.all_reduce_mean(torch.cat([values, finite.view(1)])).tolist()
         result = dict(zip([*names, "grad_norm"], reduced[:-1], strict=True))
-        if reduced[-1] == 1.0:
+        if reduced[-1] != 1.0:
+            self._skip_step()
+        else:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self._bad_run = 0
-        else:
-            self._skip_step()
         self.step += 1
         result["lr"] = self.optimizer.param_groups[0]["lr"]
         result["skipped_steps"] = float(self.skipped_steps)
@@ -258,7 +208,6 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)
 
-    # -- evaluation and sampling ------------------------------------------------------------------------------
 
     def eval_model(self) -> FlowModel:
         """The weights that evaluation, samples and reports use: the EMA copy when there is one."""
@@ -282,7 +231,6 @@ class Trainer:
             v, _ = model.sample(num_samples, temperature=temperature)
         return v
 
-    # -- checkpoints --------------------------------------------------------------------------------------------
 
     @classmethod
     def restore(cls, checkpoint: Checkpoint, *, device: str | torch.device = "auto") -> Trainer:
@@ -297,14 +245,17 @@ class Trainer:
     def latest_checkpoint(self) -> Path | None:
         """The highest-step checkpoint in the run folder, if any."""
         return self.folder.latest() if self.folder is not None else None
-
-    def _track_best(self, bpd: float) -> None:
-        """Note an evaluation: a finite one better than the best so far becomes the best."""
+    def _score(self, val: ImageData) -> dict[str, Any]:
+        """Evaluate ``val`` during ``fit``: the result joins the curve, and a finite one better than the best so
+        far becomes the best."""
+        result = self.evaluate(val)
+        bpd = result["bpd"]
+        self.curve.append({"step": self.step, "train_time_s": round(self.budget.spent_s, 3), "bpd": bpd})
         self._last_eval_finite = math.isfinite(bpd)
         if self._last_eval_finite and (self.best_val_bpd is None or bpd < self.best_val_bpd):
             self.best_val_bpd = bpd
+        return result
 
-    # -- the loop -------------------------------------------------------------------------------------------
 
     def fit(
         self,
@@ -340,15 +291,15 @@ class Trainer:
         self.budget = Budget(self.total_steps, cfg.minutes, cfg.clock, self.device)
         start_step, self._fit_started = self.step, time.monotonic()
         progress_bar = Progress(self.total_steps, self.step, cfg.progress)
-        points = BudgetPoints(cfg.eval_points if val is not None else None,
-                         None if cfg.checkpoint_every is not None or self.folder is None else _QUARTERS)
+        quarters = None if cfg.checkpoint_every is not None or self.folder is None else _QUARTERS
+        points = BudgetPoints(cfg.eval_points if val is not None else None, quarters)
         last: dict[str, float] = {}
         try:
             for x in batches(train, cfg.batch_size, cfg.seed, self.step):
                 progress = self.budget.progress(self.step)
                 if progress >= 1.0:
                     break
-                self._advance_phases(progress)
+                advance_phases(self, progress)
                 with self.budget.training():
                     last = self.train_step(self._batch(x, train.n_bins))
                 progress_bar.update(last)
@@ -362,11 +313,7 @@ class Trainer:
             progress_bar.close()
         report = run_report(self, last, time.monotonic() - self._fit_started, self.step - start_step, data_info)
         if val is not None:
-            report["held_out"] = self.evaluate(val)
-            self._track_best(report["held_out"]["bpd"])
-            self.curve.append({"step": self.step, "train_time_s": round(self.budget.spent_s, 3),
-                               "bpd": report["held_out"]["bpd"]})
-            report["curve"] = self.curve
+            report["held_out"], report["curve"] = self._score(val), self.curve
         if self.folder is not None:
             state.save(self, data_info, report.get("held_out", {}).get("bpd"))
             self._save_samples()
@@ -381,10 +328,8 @@ class Trainer:
             self._logger.log(self.step, elapsed, "train", metrics)
         val_bpd = None
         if val is not None and (self._every(self.config.eval_every) or points.evaluation_due(progress)):
-            result = self.evaluate(val)
+            result = self._score(val)
             val_bpd = result["bpd"]
-            self._track_best(val_bpd)
-            self.curve.append({"step": self.step, "train_time_s": round(self.budget.spent_s, 3), "bpd": val_bpd})
             if self._logger is not None:
                 self._logger.log(self.step, elapsed, "val", {
                     "bpd": val_bpd, **{f"bpd_level{i}": b for i, b in enumerate(result["per_level_bpd"])}})
@@ -392,7 +337,8 @@ class Trainer:
             return
         if self._every(self.config.sample_every):
             self._save_samples()
-        if self._every(self.config.checkpoint_every) or points.checkpoint_due(progress):
+        new_best = val_bpd is not None and val_bpd == self.best_val_bpd
+        if self._every(self.config.checkpoint_every) or points.checkpoint_due(progress) or new_best:
             state.save(self, data_info, val_bpd)
 
     def _every(self, interval: int | None) -> bool:

@@ -124,14 +124,33 @@ def test_entry_point_components_are_loaded_lazily(monkeypatch, scratch_registry)
         name="third_party_squeeze", value="flowplug.wavelet:HaarSqueeze", group=registry.ENTRY_POINT_GROUP
     )
 
+    real_entry_points = registry.metadata.entry_points
+
     def fake_entry_points(group):
-        return [entry_point] if group == registry.ENTRY_POINT_GROUP else []
+        return [entry_point] if group == registry.ENTRY_POINT_GROUP else real_entry_points(group=group)
 
     monkeypatch.setattr(registry.metadata, "entry_points", fake_entry_points)
     monkeypatch.setattr(registry, "_external_loaded", False)
     assert "third_party_squeeze" in flowplug.components()
     assert flowplug.get_component("third_party_squeeze").source.startswith("entry point flowplug.wavelet:HaarSqueeze")
     assert isinstance(flowplug.build("third_party_squeeze"), flowplug.HaarSqueeze)
+
+
+def test_the_builtins_come_through_the_plugin_entry_point_and_the_registry_imports_nothing_of_flowplug(
+        monkeypatch, scratch_registry):
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(registry))
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in imported if name and name.startswith("flowplug")]
+    plugins = {ep.name: ep.value for ep in metadata.entry_points(group=registry.PLUGIN_GROUP)}
+    assert plugins["flowplug"] == "flowplug.builtins:register_builtins"
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [])
+    monkeypatch.setattr(registry, "_external_loaded", False)
+    with pytest.raises(ImportError, match="'flowplug.plugins' entry point, which is missing: install the package"):
+        flowplug.components()
 
 
 def test_build_records_the_spec_on_the_module():
