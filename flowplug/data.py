@@ -200,12 +200,31 @@ def load_image_folder(path: str | Path, *, channels: int = 3, size: int | None =
 
 
 def _torchvision(name: str, root: str | Path | None, train: bool) -> ImageData:
+    # Any failure to import torchvision becomes one ImportError naming torch's version and the fix. A torchvision
+    # built for another torch fails inside its own import (e.g. RuntimeError: operator torchvision::nms does not
+    # exist, or an undefined symbol), so every exception is caught, not only ImportError.
     try:
         import torchvision
-    except ImportError:
-        raise ValueError(
-            f"dataset {name!r} needs torchvision, which is not installed: pip install \"flowplug[vision]\""
-        ) from None
+    except Exception as error:
+        version = torch.__version__
+        try:  # torch 2.N ↔ torchvision 0.(N+15), e.g. 2.13 ↔ 0.28
+            major, minor = (int(part) for part in version.split(".")[:2])
+            matching = f"0.{minor + 15}" if major == 2 else None
+        except ValueError:
+            matching = None
+        index = " --index-url https://download.pytorch.org/whl/cpu" if "+cpu" in version else ""
+        install = (f'pip install "torchvision=={matching}.*"{index}' if matching
+                   else "install the torchvision release made for it")
+        if isinstance(error, ImportError) and error.name == "torchvision":
+            problem = "which is not installed"
+            fix = (f'pip install -e ".[vision]" in a clone of flowplug (a torchvision for torch 2.13); for torch '
+                   f"{version}: {install}")
+        else:
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            problem = (f"which is installed but does not import beside torch {version} ({type(error).__name__}: "
+                       f"{first_line}): it was built for another torch version")
+            fix = f"install the torchvision release that matches torch {version}: {install}"
+        raise ImportError(f"dataset {name!r} needs torchvision, {problem}. Fix: {fix}") from error
     if root is None:
         raise ValueError(
             f"dataset {name!r} needs a root folder holding torchvision's files (data_root=...)"
