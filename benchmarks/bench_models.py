@@ -5,15 +5,16 @@
 Groups (pytest-benchmark prints each group's rows with their ratio to the fastest, measured side
 by side in one run; ``benchmarks/conftest.py`` pins one thread):
 
-- ``cnf-step``: one likelihood training step of a single CNF on (3, 8, 8).
+Every model is a recipe of the package (``flowplug recipes``) fitted to random 8-bit images of the stated size,
+with fixed-step rk4 solves (step 0.25, 16 evaluations per solve) instead of the adaptive ones, so that CNFs'
+figures are the cost at a fixed NFE, not at a trained model's adaptive NFE.
+
+- ``cnf-step``: one likelihood training step of the ``single-resolution-cnf`` recipe on (3, 8, 8).
 - ``step-32x32-likelihood`` / ``step-32x32-flow_matching``: one training step (loss, backward,
-  AdamW update) of a 3-level MRCNF against a single-resolution CNF at (3, 32, 32) with the same
-  net width (64) and batch. CNF solves use fixed-step rk4 (step 0.25, 16 evaluations per solve)
-  for both, so the NFE is equal by construction and the ratio is the cost per evaluation of the
-  levels' smaller tensors. With adaptive solvers the ratio also depends on each model's NFE.
-- ``sample-16x16`` / ``log_prob-16x16``: per-call cost (batch of 4 images) of every compared
-  model at (3, 16, 16) with small widths; CNFs evaluate with rk4 (step 0.25), so their figures
-  are the cost at a fixed 16 evaluations per solve, not at a trained model's adaptive NFE.
+  AdamW update) of the ``mrcnf`` recipe (3 levels) against the ``single-resolution-cnf`` recipe at
+  (3, 32, 32), whose nets have the same width (64) and blocks, at the same batch: the NFE is equal by
+  construction and the ratio is the cost per evaluation of the levels' smaller tensors.
+- ``sample-16x16`` / ``log_prob-16x16``: per-call cost (batch of 4 images) of every recipe at (3, 16, 16).
 """
 
 from __future__ import annotations
@@ -22,10 +23,19 @@ import pytest
 import torch
 
 import flowplug
-from flowplug.data import Batch
+from flowplug.data import Batch, ImageData
+from flowplug.recipes import plan, recipes
 from flowplug.train import get_objective
 
 _RK4 = {"method": "rk4", "step_size": 0.25}
+_CNF_RECIPES = ("mrcnf", "single-resolution-cnf")
+
+
+def _recipe_model(name: str, shape: tuple[int, int, int]) -> torch.nn.Module:
+    """Recipe ``name`` fitted to random 8-bit images of ``shape``, its CNFs solving with rk4."""
+    images = torch.randint(0, 256, (64, *shape), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    solvers = {"train_solver": _RK4, "eval_solver": _RK4} if name in _CNF_RECIPES else {}
+    return flowplug.build(plan(name, ImageData(images, 256, "random"), model=solvers).model)
 
 
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
@@ -61,33 +71,21 @@ def _train_step(model: torch.nn.Module, objective: str, v: torch.Tensor):
 
 def test_cnf_training_step(benchmark):
     benchmark.group = "cnf-step"
-    model = _perturbed(flowplug.build({"type": "single_resolution_cnf", "image_shape": [3, 8, 8],
-                                       "hidden_channels": 32, "train_solver": _RK4}))
+    model = _perturbed(_recipe_model("single-resolution-cnf", (3, 8, 8)))
     benchmark(_train_step(model, "likelihood", _images(16, (3, 8, 8))))
 
 
 @pytest.mark.parametrize("objective", ["likelihood", "flow_matching"])
-@pytest.mark.parametrize("levels", [3, 1], ids=["mrcnf-3-levels", "single-resolution"])
-def test_step_32x32(benchmark, objective, levels):
+@pytest.mark.parametrize("name", _CNF_RECIPES)
+def test_step_32x32(benchmark, objective, name):
     benchmark.group = f"step-32x32-{objective}"
-    spec = {"type": "mrcnf", "image_shape": [3, 32, 32], "levels": levels,
-            "hidden_channels": 64, "train_solver": _RK4}
-    step = _train_step(_perturbed(flowplug.build(spec)), objective, _images(8, (3, 32, 32)))
+    step = _train_step(_perturbed(_recipe_model(name, (3, 32, 32))), objective, _images(8, (3, 32, 32)))
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)
 
 
-SMALL_MODELS = {
-    "mrcnf": {"type": "mrcnf", "levels": 2, "hidden_channels": 32, "eval_solver": _RK4},
-    "single_resolution_cnf": {"type": "single_resolution_cnf", "hidden_channels": 32,
-                              "eval_solver": _RK4},
-    "glow": {"type": "glow", "levels": 2, "depth": 4, "hidden_channels": 64},
-    "realnvp": {"type": "realnvp", "levels": 2, "depth": 2, "hidden_channels": 64},
-}
-
-
-@pytest.fixture(params=list(SMALL_MODELS))
+@pytest.fixture(params=recipes())
 def small_model(request):
-    model = flowplug.build({**SMALL_MODELS[request.param], "image_shape": [3, 16, 16]})
+    model = _recipe_model(request.param, (3, 16, 16))
     v = _images(4, (3, 16, 16))
     initialize = getattr(model, "initialize_from_data", None)
     with torch.no_grad():
