@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_SOLVER",
     "DEFAULT_TRAIN_SOLVER",
     "FIXED_STEP_METHODS",
+    "MAX_ADAPTIVE_STEPS",
     "METHODS",
     "ODESolverError",
     "SolverSettings",
@@ -43,14 +44,20 @@ class ODESolverError(RuntimeError):
     """A solve failed (non-finite state, step-size underflow, too many steps)."""
 
 
+MAX_ADAPTIVE_STEPS = 1000
+"""The steps an adaptive solve may take before it fails (a trained MRCNF level takes about 10 to 40 at 1e-5): a
+diverged model's evaluation stops with an error instead of running for hours."""
+
+
 @dataclass(frozen=True)
 class SolverSettings:
     """How to integrate one CNF solve.
 
     ``method`` is any torchdiffeq method name. Adaptive methods (``dopri5``, ``bosh3``, ...) are
-    controlled by ``atol``/``rtol``; fixed-step methods (``rk4``, ``euler``, ...) need ``step_size``
-    and ignore the tolerances. ``options`` are passed to the torchdiffeq solver unchanged (e.g.
-    ``{"max_num_steps": 1000}`` or ``{"first_step": 0.1}`` for adaptive methods).
+    controlled by ``atol``/``rtol`` and stop with :class:`ODESolverError` after
+    :data:`MAX_ADAPTIVE_STEPS` steps unless ``options`` give their own ``max_num_steps``; fixed-step methods
+    (``rk4``, ``euler``, ...) need ``step_size`` and ignore the tolerances. ``options`` are passed to the
+    torchdiffeq solver (e.g. ``{"max_num_steps": 5000}`` or ``{"first_step": 0.1}`` for adaptive methods).
     """
 
     method: str = "dopri5"
@@ -126,6 +133,8 @@ class SolverSettings:
         options = dict(self.options or {})
         if self.step_size is not None:
             options["step_size"] = self.step_size
+        elif self.method not in FIXED_STEP_METHODS:
+            options.setdefault("max_num_steps", MAX_ADAPTIVE_STEPS)
         return {"method": self.method, "atol": self.atol, "rtol": self.rtol, "options": options}
 
 

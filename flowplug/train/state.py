@@ -181,11 +181,15 @@ def _set_aside(trainer: Trainer, step: int) -> None:
 
 
 def healthy(trainer: Trainer) -> bool:
-    """Whether the weights (and EMA weights) are finite and the last evaluation was."""
+    """Whether the state is one to resume from: the last step and the last evaluation were finite and so are the
+    weights (and EMA weights). Weights that were finite but gave non-finite steps are not saved, so rotation
+    keeps the checkpoints from before a divergence began."""
+    if trainer._bad_run or not trainer._last_eval_finite:
+        return False
     tensors = list(trainer.model.parameters())
     if trainer.ema is not None:
         tensors += list(trainer.ema.module.parameters())
-    return trainer._last_eval_finite and bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def resume_hint(trainer: Trainer, advice: str = " after lowering the learning rate") -> str:
@@ -205,8 +209,8 @@ def save(trainer: Trainer, data_info: dict[str, Any], val_bpd: float | None) -> 
     """Write a rotating checkpoint (and ``best.pt`` when ``val_bpd`` is the best so far), if the state is
     healthy."""
     if not healthy(trainer):
-        warnings.warn(f"step {trainer.step}: no checkpoint written, the weights or the last evaluation are "
-                      f"not finite; {resume_hint(trainer)}", stacklevel=2)
+        warnings.warn(f"step {trainer.step}: no checkpoint written, the last step, the last evaluation or the "
+                      f"weights are not finite; {resume_hint(trainer)}", stacklevel=2)
         return
     best = val_bpd is not None and val_bpd == trainer.best_val_bpd
     trainer.folder.save_rotating(checkpoint_of(trainer, data_info), keep_last=trainer.config.keep_last, best=best)

@@ -113,7 +113,6 @@ class Trainer:
 
     @property
     def out_dir(self) -> Path | None:
-        """The run folder, if any."""
         return self.folder.root if self.folder is not None else None
 
 
@@ -192,10 +191,12 @@ class Trainer:
         return result
 
     def _skip_step(self) -> None:
+        """Skip a non-finite step (said once per run of them); ``max_bad_steps`` in a row stop the run."""
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self._bad_run += 1
-        rank_zero_warn(f"step {self.step}: non-finite loss or gradient, step skipped ({self.skipped_steps} so far)")
+        if self._bad_run == 1:
+            rank_zero_warn(f"step {self.step}: non-finite loss or gradient, skipped (as are the next such steps)")
         if self._bad_run >= self.config.max_bad_steps:
             raise FloatingPointError(
                 f"the last {self._bad_run} steps all produced non-finite losses or gradients (step {self.step}); "
@@ -245,9 +246,9 @@ class Trainer:
     def latest_checkpoint(self) -> Path | None:
         """The highest-step checkpoint in the run folder, if any."""
         return self.folder.latest() if self.folder is not None else None
+
     def _score(self, val: ImageData) -> dict[str, Any]:
-        """Evaluate ``val`` during ``fit``: the result joins the curve, and a finite one better than the best so
-        far becomes the best."""
+        """Evaluate ``val`` in ``fit``: the result joins the curve; a finite one better than the best is the best."""
         result = self.evaluate(val)
         bpd = result["bpd"]
         self.curve.append({"step": self.step, "train_time_s": round(self.budget.spent_s, 3), "bpd": bpd})
