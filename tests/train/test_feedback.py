@@ -1,4 +1,5 @@
-"""What a run leaves behind: readable sample grids, a report without empty lines, a notice for TensorBoard."""
+"""What a run leaves behind: readable sample grids, a report without empty lines, a notice for TensorBoard, a
+metrics file that a resume rewrites safely."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 from train_helpers import tiny_glow
 
-from flowplug.train import TrainConfig, Trainer
+from flowplug.train import TrainConfig, Trainer, feedback
 from flowplug.train.feedback import MetricsLogger, save_image_grid, write_report
 from flowplug.train.run_folder import RunFolder
 
@@ -37,7 +38,7 @@ def test_sample_grids_name_their_temperature(tmp_path):
 def test_report_txt_omits_missing_values_and_explains_per_level_bpd(tmp_path):
     report = {"final_train_bpd": None, "steps": 3, "data": {"n_bins": 17},
               "held_out": {"bpd": 2.9, "per_level_bpd": [-1.0, -0.5, 0.31], "nfe": None}}
-    write_report(report, tmp_path)
+    write_report(report, RunFolder(tmp_path))
     text = (tmp_path / "report.txt").read_text()
     assert "None" not in text and "final_train_bpd" not in text and "nfe" not in text
     note = [line for line in text.splitlines() if line.strip().startswith("(per_level_bpd")]
@@ -45,19 +46,70 @@ def test_report_txt_omits_missing_values_and_explains_per_level_bpd(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text()) == report  # the JSON keeps every key
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_tensorboard_requested_but_missing_says_so_once(tmp_path, capsys):
-    logger = MetricsLogger(tmp_path, tensorboard=True)
+@pytest.fixture
+def no_tensorboard(monkeypatch):
+    """The tensorboard package looks absent (whether or not it is installed here)."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(feedback.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tensorboard" else find_spec(name, *args))
+
+
+def test_tensorboard_requested_but_missing_says_so_once(tmp_path, capsys, no_tensorboard):
+    logger = MetricsLogger(RunFolder(tmp_path), tensorboard=True)
     assert not logger.tensorboard and not (tmp_path / "tensorboard").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and "tensorboard package is not installed" in err[0]
-    MetricsLogger(tmp_path / "off", tensorboard=False)
+    MetricsLogger(RunFolder(tmp_path / "off"), tensorboard=False)
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_config_json_does_not_claim_tensorboard_it_could_not_write(tiny_data, tmp_path, capsys):
+def test_tensorboard_by_default_only_when_installed_and_silently(tmp_path, capsys, no_tensorboard):
+    logger = MetricsLogger(RunFolder(tmp_path))  # None: when installed, no warning when not
+    assert logger.tensorboard is False and not (tmp_path / "tensorboard").exists()
+    assert capsys.readouterr().err == ""
+    assert TrainConfig(steps=1).tensorboard is None
+
+
+def test_config_json_does_not_claim_tensorboard_it_could_not_write(tiny_data, tmp_path, capsys, no_tensorboard):
     config = TrainConfig(steps=1, batch_size=16, progress=False, tensorboard=True)
     Trainer(tiny_glow(), config, out_dir=tmp_path, device="cpu").fit(tiny_data)
     assert json.loads((tmp_path / "config.json").read_text())["trainer"]["tensorboard"] is False
     assert "tensorboard package is not installed" in capsys.readouterr().err
+
+
+def test_a_default_run_without_tensorboard_does_not_warn(tiny_data, tmp_path, capsys, no_tensorboard):
+    config = TrainConfig(steps=1, batch_size=16, progress=False)
+    Trainer(tiny_glow(), config, out_dir=tmp_path, device="cpu").fit(tiny_data)
+    assert json.loads((tmp_path / "config.json").read_text())["trainer"]["tensorboard"] is False
+    assert "tensorboard" not in capsys.readouterr().err
+
+
+_ROWS = "".join(f"{step},{step / 10:.3f},train,loss,{1 / step!r}\n" for step in range(1, 6))
+
+
+def test_a_resume_drops_later_blank_and_broken_rows_of_metrics_csv(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.metrics.write_text("step,elapsed_s,split,metric,value\n" + _ROWS[:-1].replace("\n3,", "\n\n3,")
+                              + "\n6,0.6,tra")  # a blank line, and a row cut by a kill
+    MetricsLogger(folder, tensorboard=False, after_step=3).log(4, 0.45, "train", {"loss": 0.2})
+    lines = folder.metrics.read_text().splitlines()
+    assert lines == ["step,elapsed_s,split,metric,value", "1,0.100,train,loss,1.0", "2,0.200,train,loss,0.5",
+                     "3,0.300,train,loss,0.3333333333333333", "4,0.450,train,loss,0.2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]  # no temporary file left
+
+
+def test_the_rewrite_of_metrics_csv_is_atomic(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path)
+    before = "step,elapsed_s,split,metric,value\n" + _ROWS
+    folder.metrics.write_text(before)
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the process stops between writing the new file and renaming it
+
+    monkeypatch.setattr(feedback.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        MetricsLogger(folder, tensorboard=False, after_step=2)
+    assert folder.metrics.read_text() == before
+    monkeypatch.undo()
+    MetricsLogger(folder, tensorboard=False, after_step=2)
+    assert len(folder.metrics.read_text().splitlines()) == 3

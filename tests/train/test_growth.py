@@ -42,19 +42,19 @@ def parent_run(tmp_path_factory):
 
 def test_a_run_folder_names_its_newest_checkpoint(parent_run):
     path, state = parent_checkpoint(parent_run)
-    assert path == parent_run / "checkpoints" / "step-00000003.pt" and state["step"] == 3
+    assert path == parent_run / "checkpoints" / "step-00000003.pt" and state.step == 3
     assert parent_checkpoint(path)[0] == path
 
 
 def test_the_parent_takes_the_checkpoints_ema_weights_and_is_recorded(parent_run):
     parent, record = load_parent(parent_run, ramp_images(4, 8))
     state = load_checkpoint(parent_run / "checkpoints" / "step-00000003.pt")
-    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    ema = {k.removeprefix("module."): v for k, v in state.ema.items() if k.startswith("module.")}
     assert all(torch.equal(value, ema[key]) for key, value in parent.state_dict().items())
     key = "levels.0.flows.0.net.output.weight"
-    assert not torch.equal(ema[key], state["model"][key])
+    assert not torch.equal(ema[key], state.model[key])
     assert record["step"] == 3 and record["weights"] == "ema" and len(record["sha256"]) == 64
-    assert record["model_config"] == state["model_config"] and record["parent"] is None
+    assert record["model_config"] == state.model_config and record["parent"] is None
     assert record["checkpoint"] == str((parent_run / "checkpoints" / "step-00000003.pt").resolve())
 
 
@@ -78,7 +78,7 @@ def test_frozen_old_levels_stay_bit_for_bit_through_training_and_ema(parent_run,
         before, after = parent.level_log_probs(haar_decompose(v)[0]), trainer.eval_model().level_log_probs(v)
     assert all(torch.equal(b, a) for b, a in zip(before, after[1:], strict=True))
     state = load_checkpoint(tmp_path / "checkpoints" / "step-00000003.pt")
-    assert state["parent"] == record
+    assert state.parent == record
 
 
 @pytest.mark.parametrize(

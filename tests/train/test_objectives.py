@@ -40,10 +40,18 @@ def test_names_become_specs_and_bad_specs_fail_in_one_place():
     with pytest.raises(TypeError, match="registered name or a spec"):
         TrainConfig(steps=1, objective=lambda model, batch: None)
     assert {"likelihood", "flow_matching"} <= set(objectives())
+    # the objectives of a plan become specs the same way, the first phase's is the config's objective
+    plan = TrainConfig(steps=1, phases=[{"objective": {"type": "flow_matching", "sigma": 0.1}, "until": 0.5},
+                                        {"objective": "likelihood"}])
+    assert [phase["objective"] for phase in plan.phases] == [{"type": "flow_matching", "sigma": 0.1},
+                                                             {"type": "likelihood"}]
+    assert plan.objective == {"type": "flow_matching", "sigma": 0.1}
+    with pytest.raises(ValueError, match=r"unknown objective 'likelyhood'; did you mean 'likelihood'"):
+        TrainConfig(steps=1, phases=[{"objective": "flow_matching", "until": 0.5}, {"objective": "likelyhood"}])
 
 
 def test_sigma_reaches_the_loss():
-    model = flowplug.MRCNF((1, 4, 4), levels=2, hidden_channels=4, num_layers=2)
+    model = flowplug.MRCNF((1, 4, 4), levels=2, hidden_channels=4, num_blocks=1)
     batch = Batch(torch.rand(3, 1, 4, 4), 4)
     losses = {}
     for sigma in (0.0, 0.5):
@@ -57,8 +65,10 @@ def test_a_registered_custom_objective_is_recorded_as_a_spec_and_restored(custom
     config = TrainConfig(steps=2, objective={"type": "scaled_likelihood", "scale": 2.0}, **FAST)
     trainer = Trainer(tiny_glow(), config, out_dir=tmp_path, device="cpu")
     trainer.fit(tiny_data)
-    recorded = load_checkpoint(trainer.latest_checkpoint())["trainer_config"]["objective"]
+    saved = load_checkpoint(trainer.latest_checkpoint()).trainer_config
+    recorded = saved["objective"]
     assert recorded == {"type": "scaled_likelihood", "scale": 2.0}
+    assert [phase["objective"] for phase in saved["phases"]] == [recorded]
     assert TrainConfig.from_dict({**config.to_dict(), "steps": 3}).objective == recorded
     assert sorted(read_metric(tmp_path, "custom")) == [1, 2]
 

@@ -1,5 +1,5 @@
 """No run is lost and a resume tells the truth: healthy-only checkpoints, best tracking, run-folder claims,
-resume from a path or past a corrupt file, changed options applied or refused, schedule extension."""
+resume from a path or past a corrupt file, changed options applied or refused, schedule extension, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 from train_helpers import Exploding, read_metric, tiny_glow
 
-from flowplug.train import TrainConfig, Trainer, load_checkpoint
+from flowplug.train import Checkpoint, CheckpointError, TrainConfig, Trainer, load_checkpoint
 from flowplug.train import checkpoint as checkpoint_module
-from flowplug.train.config import lr_factor
-from flowplug.train.resume import extension_segment
+from flowplug.train import state as train_state
+from flowplug.train.schedule import extension_segment, lr_factor
 
 FAST = {"batch_size": 16, "progress": False, "tensorboard": False, "log_every": 1,
         "warmup_steps": 2, "lr": 3e-3, "precision": "float64"}
@@ -40,8 +40,8 @@ def test_divergence_keeps_the_last_good_checkpoint_and_names_it(tiny_data, tmp_p
     good = tmp_path / "checkpoints" / "step-00000002.pt"
     assert str(good) in str(error.value)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", good.name]
-    state = load_checkpoint(good)
-    assert state["step"] == 2 and all(torch.isfinite(t).all() for t in state["model"].values())
+    saved = load_checkpoint(good)
+    assert saved.step == 2 and all(torch.isfinite(t).all() for t in saved.model.values())
     resumed = Trainer(Exploding(start=None), TrainConfig(**{**config.to_dict(), "steps": 5}),
                       out_dir=tmp_path, device="cpu")
     capfd.readouterr()
@@ -49,25 +49,92 @@ def test_divergence_keeps_the_last_good_checkpoint_and_names_it(tiny_data, tmp_p
     assert f"resumed from {good} at step 2" in capfd.readouterr().err
 
 
-def test_best_ignores_non_finite_evaluations(tmp_path):
-    trainer = _trainer(tmp_path, 3)
-    for bpd, best in ((math.inf, None), (3.0, 3.0), (math.nan, 3.0), (2.5, 2.5), (math.inf, 2.5)):
-        trainer._track_best(bpd)
-        assert trainer.best_val_bpd == best
-    assert not trainer._healthy()  # the last evaluation was inf: nothing is saved, least of all best.pt
-    trainer._save({}, math.inf)
-    assert not (tmp_path / "checkpoints").exists()
+def test_best_ignores_non_finite_evaluations_and_unhealthy_states_are_not_saved(tiny_data, tmp_path):
+    train, val = tiny_data.split(0.25)
+    trainer = _trainer(tmp_path, 5, eval_every=1, checkpoint_every=1)
+    scores = iter([math.inf, 3.0, math.nan, 2.5, math.inf, math.inf])  # after steps 1 to 5, and the final one
+    best, train_step = [], trainer.train_step
+
+    def scored(data, **options):
+        return {"bpd": next(scores), "per_level_bpd": [0.0], "num_images": len(data)}
+
+    def noting_the_best(batch):
+        best.append(trainer.best_val_bpd)
+        return train_step(batch)
+
+    trainer.evaluate, trainer.train_step = scored, noting_the_best
+    with pytest.warns(UserWarning, match="no checkpoint written, the weights or the last evaluation are not finite"):
+        trainer.fit(train, val)
+    assert [*best[1:], trainer.best_val_bpd] == [None, 3.0, 3.0, 2.5, 2.5]
+    # the states after a non-finite evaluation (steps 1, 3, 5 and the end) were not saved, least of all as best.pt
+    assert [p.name for p in trainer.folder.step_checkpoints()] == ["step-00000002.pt", "step-00000004.pt"]
+    saved_best = load_checkpoint(trainer.folder.best)
+    assert saved_best.step == 4 and saved_best.best_val_bpd == 2.5
+    assert not train_state.healthy(trainer)
 
 
 def test_a_new_run_refuses_a_folder_holding_a_run_unless_told(tiny_data, tmp_path):
-    _trainer(tmp_path, 3).fit(tiny_data)
-    (tmp_path / "notes.txt").write_text("mine")
+    _trainer(tmp_path, 3, sample_every=3).fit(tiny_data)
+    mine = {"notes.txt": "mine", "checkpoints/step-backup.pt": "mine", "checkpoints/notes.txt": "mine",
+            "samples/favourite.png": "mine", "samples/step-3.png": "mine"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    assert (tmp_path / "samples" / "step-00000003-t1.png").exists()
     with pytest.raises(ValueError, match=r"already holds a run.*--overwrite"):
         _trainer(tmp_path, 2).fit(tiny_data)
-    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000003.pt")["step"] == 3
+    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000003.pt").step == 3
     _trainer(tmp_path, 2).fit(tiny_data, overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002.pt"]
-    assert max(read_metric(tmp_path, "loss")) == 2 and (tmp_path / "notes.txt").read_text() == "mine"
+    # the run's files went, the user's stayed, even beside the run's in checkpoints/ and samples/
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "notes.txt", "step-00000002.pt", "step-backup.pt"]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "favourite.png", "step-00000002-t1.png", "step-3.png"]
+    assert all((tmp_path / name).read_text() == "mine" for name in mine)
+    assert max(read_metric(tmp_path, "loss")) == 2
+
+
+def _interrupt_at(trainer, step):
+    """Make ``trainer``'s training raise KeyboardInterrupt (Ctrl-C) once ``step`` steps are done."""
+    train_step = trainer.train_step
+
+    def interrupted(batch):
+        if trainer.step == step:
+            raise KeyboardInterrupt
+        return train_step(batch)
+
+    trainer.train_step = interrupted
+
+
+def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_stops(tiny_data, tmp_path, capfd):
+    whole = _trainer(tmp_path / "whole", 6, checkpoint_every=100)
+    whole.fit(tiny_data)
+    parts = tmp_path / "parts"
+    trainer = _trainer(parts, 6, checkpoint_every=100)
+    _interrupt_at(trainer, 3)
+    capfd.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(tiny_data)
+    assert [p.name for p in trainer.folder.step_checkpoints()] == ["step-00000003.pt"]
+    assert load_checkpoint(parts / "checkpoints" / "step-00000003.pt").step == 3
+    err = capfd.readouterr().err
+    assert "interrupted at step 3" in err and f"--resume {parts / 'checkpoints' / 'step-00000003.pt'}" in err
+    resumed = _trainer(parts, 6, checkpoint_every=100)
+    resumed.fit(tiny_data, resume=True)  # and the run goes on as if it had not stopped
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ctrl_c_without_a_run_folder_or_before_the_first_step_writes_nothing(tiny_data, tmp_path):
+    trainer = Trainer(tiny_glow(), TrainConfig(steps=6, **FAST), device="cpu")
+    _interrupt_at(trainer, 2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(tiny_data)
+    assert trainer.step == 2
+    early = _trainer(tmp_path, 6)
+    _interrupt_at(early, 0)
+    with pytest.raises(KeyboardInterrupt):
+        early.fit(tiny_data)
+    assert early.folder.step_checkpoints() == []
 
 
 def test_resume_falls_back_past_a_corrupt_checkpoint_exactly(tiny_data, tmp_path, capfd):
@@ -104,13 +171,37 @@ def test_a_changed_rate_is_applied_and_recorded_other_changes_are_refused(tiny_d
     _trainer(tmp_path, 3).fit(tiny_data)
     trainer = _trainer(tmp_path, 5, lr=1e-2)
     trainer.fit(tiny_data, resume=True)
-    assert trainer.optimizer.param_groups[0]["lr"] == 1e-2 and trainer.scheduler.base_lrs == [1e-2]
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-2
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["trainer"]["lr"] == 1e-2 and config["resumes"][0]["changed"]["lr"] == [3e-3, 1e-2]
     assert "lr: 0.003 -> 0.01" in capfd.readouterr().err
-    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000005.pt")["resumes"][0]["step"] == 3
+    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000005.pt").resumes[0]["step"] == 3
     with pytest.raises(ValueError, match="batch_size 16 -> 32"):
         _trainer(tmp_path, 6, batch_size=32).fit(tiny_data, resume=True)
+    assert "phases" in train_state.REFUSED and "lr" in train_state.APPLIED
+    plan = [{"objective": "likelihood", "until": 0.5}, {"objective": "likelihood", "lr": 1e-4}]
+    with pytest.raises(ValueError, match="cannot resume with a changed phases"):
+        _trainer(tmp_path, 6, phases=plan).fit(tiny_data, resume=True)
+
+
+def test_a_trainers_state_goes_into_a_checkpoint_and_back(tiny_data, tmp_path):
+    trainer = _trainer(None, 4, phases=[{"objective": "likelihood", "until": {"step": 2}},
+                                        {"objective": "likelihood", "lr": 1e-4}])
+    trainer.fit(tiny_data)
+    checkpoint = train_state.checkpoint_of(trainer, tiny_data.info())
+    assert (checkpoint.step, checkpoint.phase, checkpoint.phase_starts) == (4, 1, [0, 2])
+    assert checkpoint.trainer_config == trainer.config.to_dict() and checkpoint.rng is not None
+    other = _trainer(None, 4, phases=trainer.config.phases)
+    train_state.load_into(other, checkpoint, tiny_data.info())
+    assert (other.step, other.phase, other.phase_starts) == (4, 1, [0, 2])
+    assert other.optimizer.param_groups[0]["lr"] == 1e-4  # the phase's rate, set from the restored state
+    for a, b in zip(trainer.ema.module.state_dict().values(), other.ema.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    restored = Trainer.restore(checkpoint, device="cpu")
+    assert restored.step == 4 and restored.phase == 1 and restored.out_dir is None
+    assert restored.evaluate(tiny_data)["bpd"] == trainer.evaluate(tiny_data)["bpd"]
+    with pytest.raises(CheckpointError, match="in phase 2 of a plan this config's 1 phase"):
+        train_state.load_into(_trainer(None, 4), checkpoint, tiny_data.info())
 
 
 def test_extending_the_budget_adds_a_cosine_segment_without_a_jump(tiny_data, tmp_path):
@@ -126,7 +217,12 @@ def test_extending_the_budget_adds_a_cosine_segment_without_a_jump(tiny_data, tm
     extended.fit(tiny_data, resume=True)
     record = json.loads((tmp_path / "config.json").read_text())["resumes"][0]
     assert record["schedule_segment"] == [4, lr_factor(extended.config, 4, 8)]
-    assert extended.optimizer.param_groups[0]["lr"] == 0.0  # the new segment ends at 0 too
+    assert extended.segment == (4, lr_factor(extended.config, 4, 8))
+    rates = read_metric(tmp_path, "lr")  # logged after step s, which ran at the rate of step s - 1
+    assert rates[4] == pytest.approx(3e-3 * lr_factor(extended.config, 3, 4))  # the old schedule's last step
+    assert rates[5] == pytest.approx(3e-3 * record["schedule_segment"][1])  # the segment's first: no jump to 3e-3
+    assert rates[5] > rates[6] > rates[7] > rates[8] > 0
+    assert lr_factor(extended.config, 8, 8, extended.segment) == 0.0  # the new segment ends at 0 too
     elapsed = read_metric(tmp_path, "loss")
     assert sorted(elapsed) == list(range(1, 9))
 
@@ -143,7 +239,7 @@ def test_elapsed_time_continues_across_resumes(tiny_data, tmp_path):
 
 def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "step.pt"
-    checkpoint_module.save_checkpoint({"model": {}, "model_config": {}, "step": 1}, path)
+    checkpoint_module.save_checkpoint(Checkpoint(model={}, model_config={}, step=1), path)
 
     def full_disk(obj, file):
         file.write(b"half a checkpoint")
@@ -151,8 +247,8 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_pa
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
     with pytest.raises(OSError, match="No space"):
-        checkpoint_module.save_checkpoint({"model": {}, "model_config": {}, "step": 2}, path)
-    assert load_checkpoint(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["step.pt"]
+        checkpoint_module.save_checkpoint(Checkpoint(model={}, model_config={}, step=2), path)
+    assert load_checkpoint(path).step == 1 and [p.name for p in tmp_path.iterdir()] == ["step.pt"]
 
 
 def test_the_folder_is_flushed_after_the_rename(tmp_path, monkeypatch):
@@ -160,5 +256,5 @@ def test_the_folder_is_flushed_after_the_rename(tmp_path, monkeypatch):
     real = os.fsync
     monkeypatch.setattr(checkpoint_module.os, "fsync",
                         lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), real(fd)))
-    checkpoint_module.save_checkpoint({"model": {}, "model_config": {}, "step": 1}, tmp_path / "c.pt")
+    checkpoint_module.save_checkpoint(Checkpoint(model={}, model_config={}, step=1), tmp_path / "c.pt")
     assert synced == [False, True]

@@ -1,4 +1,5 @@
-"""The trainer: fitting, exact resume, non-finite steps, EMA, extra losses, bad options."""
+"""The trainer: fitting, exact resume, non-finite steps, EMA, extra losses, bad options and plans, the budget's
+clock, evaluation points, default checkpoints, rates."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import flowplug
 from flowplug.data import Batch, ImageData
 from flowplug.models.baselines import RealNVP
 from flowplug.train import CheckpointError, TrainConfig, Trainer, resolve_device
+from flowplug.train.schedule import learning_rate
 
 FAST = {"batch_size": 16, "progress": False, "tensorboard": False, "log_every": 1,
         "warmup_steps": 2, "lr": 3e-3}
@@ -143,19 +145,100 @@ def test_evaluate_matches_log_prob_and_levels_sum(tiny_data):
         ({"steps": 5, "clock": "cpu"}, "clock"),
         ({"steps": 5, "lr": float("inf")}, "lr must be a positive finite number, got inf"),
         ({"steps": True}, "steps must be a positive integer, got True"),
-        ({"steps": 5, "objective": "flow_matching", "likelihood_after": 2, "likelihood_minutes": 1.0},
-         "likelihood_after .* or likelihood_minutes .* not both"),
-        ({"minutes": 1.0, "schedule": "constant", "objective": "flow_matching", "likelihood_minutes": 1.0},
-         r"likelihood_minutes=1.0 must be less than the minutes budget \(minutes=1.0\)"),
-        ({"steps": 5, "objective": "flow_matching", "likelihood_minutes": 0.5},
-         r"less than the minutes budget \(minutes=None\)"),
-        ({"steps": 5, "likelihood_after": 2}, "already the likelihood"),
-        ({"steps": 5, "likelihood_lr": 0.0}, "likelihood_lr must be a positive finite number"),
     ],
 )
 def test_bad_config(options, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**options)
+
+
+FM_THEN_LIKELIHOOD = [{"objective": "flow_matching", "until": 0.5}, {"objective": "likelihood"}]
+
+
+@pytest.mark.parametrize(
+    ("phases", "match"),
+    [
+        ([], "phases must be a non-empty list of phase dicts"),
+        ({"objective": "likelihood"}, "phases must be a non-empty list of phase dicts"),
+        (["likelihood"], r"phases\[0\] must be a dict"),
+        ([{"until": 0.5}, {"objective": "likelihood"}], r"phases\[0\] needs an 'objective'"),
+        ([{"objective": "flow_matching", "until": 0.5, "rate": 1.0}, {"objective": "likelihood"}],
+         r"phases\[0\] has unknown key\(s\) \['rate'\]"),
+        ([{"objective": "flow_matching"}, {"objective": "likelihood"}], r"phases\[0\] needs an 'until'"),
+        ([{"objective": "likelihood", "until": 0.5}], r"phases\[0\]: the last phase runs to the end of the budget"),
+        ([{"objective": "flow_matching", "until": 1.0}, {"objective": "likelihood"}],
+         r"phases\[0\].until must be a fraction of the budget in \(0, 1\)"),
+        ([{"objective": "flow_matching", "until": 0}, {"objective": "likelihood"}], r"phases\[0\].until must be"),
+        ([{"objective": "flow_matching", "until": True}, {"objective": "likelihood"}], r"phases\[0\].until must be"),
+        ([{"objective": "flow_matching", "until": {"step": 0}}, {"objective": "likelihood"}], "with N >= 1"),
+        ([{"objective": "flow_matching", "until": {"step": 2, "minutes": 1}}, {"objective": "likelihood"}],
+         r"phases\[0\].until must be"),
+        ([FM_THEN_LIKELIHOOD[0], {"objective": "likelihood", "lr": 0.0}],
+         r"phases\[1\].lr must be a positive finite number, got 0.0"),
+        ([FM_THEN_LIKELIHOOD[0], {"objective": "likelihood", "lr": float("nan")}],
+         r"phases\[1\].lr must be a positive finite number, got nan"),
+        ([FM_THEN_LIKELIHOOD[0], {"objective": "likelihood", "lr": True}], r"phases\[1\].lr must be"),
+        ([{"objective": "flow_matching", "until": 0.6}, {"objective": "flow_matching", "until": 0.4},
+          {"objective": "likelihood"}], "must increase"),
+        ([{"objective": "flow_matching", "until": {"step": 5}}, {"objective": "flow_matching", "until": {"step": 5}},
+          {"objective": "likelihood"}], "must increase"),
+    ],
+)
+def test_bad_plan(phases, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(steps=5, phases=phases)
+
+
+def test_the_objective_is_the_first_phases_objective():
+    config = TrainConfig(steps=5, phases=FM_THEN_LIKELIHOOD)
+    assert config.objective == {"type": "flow_matching"}
+    assert TrainConfig(steps=5, objective="flow_matching", phases=FM_THEN_LIKELIHOOD).phases == config.phases
+    with pytest.raises(ValueError, match=r"objective \{'type': 'likelihood'\} differs from the first phase's "
+                                         r"\{'type': 'flow_matching'\}"):
+        TrainConfig(steps=5, objective="likelihood", phases=FM_THEN_LIKELIHOOD)
+    assert TrainConfig(steps=5).phases == [{"objective": {"type": "likelihood"}, "until": None, "lr": None,
+                                            "levels": None}]
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_older_phase_options_become_a_plan():
+    config = TrainConfig.from_dict({"steps": 10, "objective": "flow_matching", "likelihood_after": 6,
+                                    "likelihood_lr": 2e-3, "likelihood_levels": [0], "likelihood_minutes": None})
+    assert config.phases == [
+        {"objective": {"type": "flow_matching"}, "until": {"step": 6}, "lr": None, "levels": None},
+        {"objective": {"type": "likelihood"}, "until": None, "lr": 2e-3, "levels": [0]},
+    ]
+    assert config.objective == {"type": "flow_matching"}
+    assert not {"likelihood_after", "likelihood_minutes", "likelihood_lr", "likelihood_levels"} & set(
+        config.to_dict())
+    timed = TrainConfig.from_dict({"minutes": 8.0, "schedule": "constant", "objective": "flow_matching",
+                                   "likelihood_minutes": 2.0})
+    assert [p["until"] for p in timed.phases] == [0.75, None] and timed.phases[1]["lr"] is None
+    unset = TrainConfig.from_dict({"steps": 3, "likelihood_after": None, "likelihood_lr": None})
+    assert unset.phases == TrainConfig(steps=3).phases
+    with pytest.raises(TypeError, match="likelihood_after"):
+        TrainConfig(steps=3, likelihood_after=2)  # only from_dict knows the older names
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"steps": 5, "objective": "flow_matching", "likelihood_after": 2, "likelihood_minutes": 1.0},
+         "likelihood_after or likelihood_minutes"),
+        ({"minutes": 1.0, "schedule": "constant", "objective": "flow_matching", "likelihood_minutes": 1.0},
+         r"likelihood_minutes=1.0 must be less than the minutes budget \(minutes=1.0\)"),
+        ({"steps": 5, "objective": "flow_matching", "likelihood_minutes": 0.5},
+         r"less than the minutes budget \(minutes=None\)"),
+        ({"steps": 5, "objective": "flow_matching", "likelihood_after": 2, "likelihood_lr": 0.0},
+         r"phases\[1\].lr must be a positive finite number"),
+        ({"steps": 5, "objective": "flow_matching", "likelihood_after": 2, "likelihood_levels": []},
+         r"phases\[1\].levels must be a non-empty list"),
+        ({"steps": 5, "likelihood_after": 2, "phases": FM_THEN_LIKELIHOOD}, "give the plan once"),
+    ],
+)
+def test_bad_older_phase_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict(options)
 
 
 def test_unknown_option_and_bad_runs(tiny_data):
@@ -192,3 +275,97 @@ def test_minutes_budget_stops_on_the_chosen_clock(tiny_data, clock):
     assert report["steps"] < 200 and report["clock"] == clock
     assert report["budget_time_s"] >= 0.006
 
+
+
+def _fake_budget_clock(monkeypatch, trainer, step_s, evaluation_s=0.0):
+    """The budget clock reads a fake time that each training step advances by ``step_s`` seconds and each
+    evaluation by ``evaluation_s``."""
+    now = [0.0]
+    monkeypatch.setattr("flowplug.train.budget.budget_clock", lambda clock: now[0])
+    train_step, evaluate = trainer.train_step, trainer.evaluate
+
+    def timed_step(batch):
+        now[0] += step_s
+        return train_step(batch)
+
+    def timed_evaluation(data, **options):
+        now[0] += evaluation_s
+        return evaluate(data, **options)
+
+    trainer.train_step, trainer.evaluate = timed_step, timed_evaluation
+
+
+def test_evaluation_time_does_not_count_toward_a_minutes_budget(tiny_data, monkeypatch):
+    train, val = tiny_data.split(0.25)
+    trainer = Trainer(tiny_glow(), TrainConfig(minutes=1.0, schedule="constant", eval_every=1, **FAST),
+                      device="cpu")
+    _fake_budget_clock(monkeypatch, trainer, step_s=10.0, evaluation_s=1000.0)
+    report = trainer.fit(train, val)
+    assert report["steps"] == 6 and report["budget_time_s"] == 60.0  # the evaluations took 1000 s each
+    assert [(p["step"], p["train_time_s"]) for p in report["curve"][:6]] == [(s, 10.0 * s) for s in range(1, 7)]
+
+
+def test_eval_points_of_a_step_budget(tiny_data, tmp_path):
+    train, val = tiny_data.split(0.25)
+    config = TrainConfig(steps=8, eval_points=4, **FAST)
+    report = Trainer(tiny_glow(), config, out_dir=tmp_path, device="cpu").fit(train, val)
+    assert [p["step"] for p in report["curve"]] == [2, 4, 6, 8]
+    assert report["curve"][-1]["bpd"] == report["held_out"]["bpd"]
+    assert sorted(read_metric(tmp_path, "bpd", split="val")) == [2, 4, 6]  # the end's is in the report
+    assert json.loads((tmp_path / "report.json").read_text())["curve"] == report["curve"]
+    assert "curve" not in Trainer(tiny_glow(), config, device="cpu").fit(train)  # no validation data, no curve
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="library bug: fit starts its BudgetPoints afresh and the checkpoint does not keep the curve, "
+                          "so a resumed run's report loses the points before the resume and evaluates off the "
+                          "points at its first step (here the curve is [5, 6, 8])")
+def test_eval_points_across_a_resume(tiny_data, tmp_path):
+    train, val = tiny_data.split(0.25)
+
+    def run(folder, resume=False, stop_at=None):
+        trainer = Trainer(tiny_glow(), TrainConfig(steps=8, eval_points=4, checkpoint_every=1, **FAST),
+                          out_dir=tmp_path / folder, device="cpu")
+        if stop_at is not None:
+            train_step = trainer.train_step
+
+            def interrupted(batch):
+                if trainer.step == stop_at:
+                    raise KeyboardInterrupt
+                return train_step(batch)
+
+            trainer.train_step = interrupted
+        return trainer.fit(train, val, resume=resume)
+
+    whole = run("whole")
+    with pytest.raises(KeyboardInterrupt):
+        run("parts", stop_at=4)
+    resumed = run("parts", resume=True)
+    assert [p["step"] for p in resumed["curve"]] == [p["step"] for p in whole["curve"]] == [2, 4, 6, 8]
+
+
+def test_eval_points_of_a_minutes_budget_fall_on_training_time(tiny_data, monkeypatch):
+    train, val = tiny_data.split(0.25)
+    trainer = Trainer(tiny_glow(), TrainConfig(minutes=1.0, schedule="constant", eval_points=3, **FAST),
+                      device="cpu")
+    _fake_budget_clock(monkeypatch, trainer, step_s=10.0, evaluation_s=7.0)
+    report = trainer.fit(train, val)
+    assert [(p["step"], p["train_time_s"]) for p in report["curve"]] == [(2, 20.0), (4, 40.0), (6, 60.0)]
+
+
+@pytest.mark.parametrize(("checkpoint_every", "steps"), [(None, [2, 4, 6, 8]), (3, [3, 6, 8])])
+def test_checkpoints_fall_at_each_quarter_of_the_budget_by_default(tiny_data, tmp_path, checkpoint_every, steps):
+    config = TrainConfig(steps=8, checkpoint_every=checkpoint_every, keep_last=10, **FAST)
+    trainer = Trainer(tiny_glow(), config, out_dir=tmp_path, device="cpu")
+    trainer.fit(tiny_data)
+    assert [int(p.stem.removeprefix("step-")) for p in trainer.folder.step_checkpoints()] == steps
+
+
+def test_every_step_takes_its_rate_from_the_schedule(tiny_data, tmp_path):
+    config = TrainConfig(steps=6, **{**FAST, "warmup_steps": 2})
+    trainer = Trainer(tiny_glow(), config, out_dir=tmp_path, device="cpu")
+    trainer.fit(tiny_data)
+    rates = read_metric(tmp_path, "lr")  # logged after step s, which ran at the rate of step s - 1
+    assert rates == {s: learning_rate(config, s - 1, 6, None, config.phases[0]) for s in range(1, 7)}
+    assert rates[1] == 3e-3 / 2 and rates[2] == 3e-3 and rates[6] < rates[3]
+    assert not hasattr(trainer, "scheduler")

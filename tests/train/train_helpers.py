@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from flowplug.data import ImageData
 from flowplug.models.base import FlowModel
 from flowplug.models.baselines import Glow
 
@@ -18,6 +19,14 @@ TINY_GLOW = {"image_shape": [2, 4, 4], "levels": 1, "depth": 2, "hidden_channels
 def tiny_glow(seed: int = 0) -> Glow:
     torch.manual_seed(seed)
     return Glow(**TINY_GLOW)
+
+
+def tiny_images() -> ImageData:
+    """The images of conftest's ``tiny_data`` fixture, for fixtures of a wider scope than a test."""
+    generator = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0, 3, 4).view(1, 1, 1, 4)
+    x = (ramp + torch.randn(64, 2, 4, 4, generator=generator) * 0.5).round().clamp(0, 3)
+    return ImageData(x.to(torch.uint8), 4, "tiny")
 
 
 def read_metric(folder: Path, name: str, split: str = "train") -> dict[int, float]:
