@@ -34,6 +34,7 @@ from flowplug.train.feedback import save_image_grid
 from flowplug.train.growth import load_parent
 from flowplug.train.run_folder import RunFolder
 from flowplug.train.splits import SPLITS, evaluation_split, training_split
+from flowplug.train.state import resume_point
 
 __all__ = ["OLD_LEVELS", "main"]
 
@@ -49,24 +50,22 @@ def _level_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"levels must be comma-separated integers, got {text!r}") from None
 
 
-def _json_list(text: str) -> list[Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
-    if not isinstance(value, list):
-        raise argparse.ArgumentTypeError(f"expected a JSON list of phases, got {text!r}")
-    return value
+def _json(kind: type, what: str) -> Any:
+    """An argparse type: JSON text holding a ``kind`` (a list or a dict), described as ``what`` in errors."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
+_json_object = _json(dict, "a JSON object")
 
 
 def _config_file(path: str) -> dict[str, Any]:
@@ -164,7 +163,7 @@ _FLAG_HELP = {
 
 def _flag_type(name: str) -> Any:
     """The argparse type of a TrainConfig field: its annotation without ``None`` (objective: a name)."""
-    special = {"trainable_levels": _level_list, "objective": str, "phases": _json_list}
+    special = {"trainable_levels": _level_list, "objective": str, "phases": _json(list, "a JSON list of phases")}
     if name in special:
         return special[name]
     annotation = typing.get_type_hints(TrainConfig)[name]
@@ -212,10 +211,7 @@ def _resumed_state(args: argparse.Namespace) -> Any:
         return None
     if args.out is None:
         raise ValueError("--resume continues the run in --out; name the run folder with --out")
-    if args.resume is not True:
-        return load_checkpoint(args.resume)
-    found = RunFolder(Path(args.out)).load_latest()
-    return found[1] if found is not None else None
+    return resume_point(args.resume, RunFolder(Path(args.out)))
 
 
 def _check_growth_flags(args: argparse.Namespace) -> None:
@@ -253,7 +249,7 @@ def _grown(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, An
 def _train(args: argparse.Namespace) -> int:
     _check_growth_flags(args)
     resumed = _resumed_state(args)
-    data = load_dataset(args.data, root=args.data_root, size=args.size)
+    data = load_dataset(args.data, root=args.data_root, size=args.size, channels=args.channels)
     record, parent = None, None
     if args.grow_from is not None:
         model, parent, config = _grown(args, data)
@@ -269,7 +265,7 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out, folder=True)
     trainer = Trainer(model, config, out_dir=out, device=args.device, parent=parent, recipe=record)
-    trainer.fit(train_data, val_data, resume=args.resume, overwrite=args.overwrite)
+    trainer.fit(train_data, val_data, resume=resumed or args.resume, overwrite=args.overwrite)  # read once
     if distributed.rank() == 0:
         folder = RunFolder(out)
         print(folder.report_txt.read_text() if folder.report_txt.exists() else "no report written")
@@ -308,7 +304,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     trainer, checkpoint = _restore(args)
     data = evaluation_split(checkpoint, args.data, args.split, holdout=args.holdout, seed=args.seed,
-                            root=args.data_root, size=args.size)
+                            root=args.data_root, size=args.size, channels=args.channels)
     result = trainer.evaluate(data)
     print(json.dumps({"data": data.name, "step": checkpoint.step, **result}, indent=2))
     return 0
@@ -330,7 +326,8 @@ def _ood(args: argparse.Namespace) -> int:
     _check_out(out, folder=True)
     trainer, checkpoint = _restore(args)
     sets = [evaluation_split(checkpoint, name, split, holdout=args.holdout, seed=args.seed, root=args.data_root,
-                             size=args.size) for name, split in zip(args.data, splits, strict=True)]
+                             size=args.size, channels=args.channels)
+            for name, split in zip(args.data, splits, strict=True)]
     if args.max_images is not None:
         sets = [d.first(args.max_images) for d in sets]
     seed = args.score_seed if args.score_seed is not None else trainer.config.seed
@@ -476,6 +473,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--size", type=int, metavar="S",
                              help="for an image folder: resize each image's centred square to S x S "
                                   "(images of any sizes)")
+        command.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                             help="for an image folder: 1 reads the images as grey, 3 (default) as RGB")
 
     for command in commands.choices.values():
         command.add_argument("--threads", type=int, metavar="N",

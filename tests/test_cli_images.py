@@ -88,3 +88,20 @@ def test_train_and_evaluate_a_folder_of_mixed_sizes_with_size(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["num_images"] == 4
     assert main(["train", "--data", str(folder), "--size", "0"]) == 2
     assert "image size must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_folder_of_grey_images_trains_and_evaluates_in_grey_with_channels_1(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "grey"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8), mode="L").save(folder / f"{i:02d}.png")
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--data", str(folder), "--channels", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["image_shape"] == [1, 8, 8]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(folder), "--channels", "1", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 4

@@ -9,6 +9,7 @@ equal between runs that share the cores with other work.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 
@@ -68,10 +69,12 @@ class Budget:
 
 class BudgetPoints:
     """Evenly spaced points of the budget (``k / n`` for ``k < n``; the end has its own evaluation and
-    checkpoint) at which evaluations and checkpoints fall due, each once."""
+    checkpoint) at which evaluations and checkpoints fall due, each once; those at or before ``start`` (the
+    progress a resumed run starts from) have passed."""
 
-    def __init__(self, evaluations: int | None, checkpoints: int | None) -> None:
-        self._next = {"evaluation": (1, evaluations), "checkpoint": (1, checkpoints)}
+    def __init__(self, evaluations: int | None, checkpoints: int | None, start: float = 0.0) -> None:
+        self._next = {kind: (1 + (math.floor(start * n + 1e-9) if n else 0), n)
+                      for kind, n in (("evaluation", evaluations), ("checkpoint", checkpoints))}
 
     def _due(self, kind: str, progress: float) -> bool:
         k, n = self._next[kind]

@@ -74,8 +74,12 @@ class Checkpoint:
     schedule_segment: list[float] | None = None
     elapsed_s: float = 0.0
     resumes: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    """The evaluations at the budget's evaluation points so far (step, training seconds, BPD)."""
     parent: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
+    source: Path | None = field(default=None, compare=False, repr=False)
+    """The file it was read from (not written to disk)."""
 
     def weights(self, *, use_ema: bool = True) -> dict[str, torch.Tensor]:
         """The model weights: the EMA copy's (the weights its evaluations scored) when ``use_ema`` and it has
@@ -88,7 +92,7 @@ class Checkpoint:
     def to_dict(self) -> dict[str, Any]:
         """The plain data written to disk, with the format and version."""
         return {"format": FORMAT, "version": VERSION,
-                **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+                **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}}
 
     @classmethod
     def from_dict(cls, state: Any, source: str = "the checkpoint") -> Checkpoint:
@@ -103,7 +107,7 @@ class Checkpoint:
                                   f"{VERSION} (a newer flowplug wrote it?)")
         for old in range(version, VERSION):
             state = MIGRATIONS[old](state)
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"source"}
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                    and f.name not in state]
@@ -137,7 +141,7 @@ def _migrate_v1(state: dict[str, Any]) -> dict[str, Any]:
     """Version 1 → 2: the likelihood phase options become a plan of phases, ``likelihood_from`` the phase
     record; the scheduler's state goes (rates are recomputed from the step); MRCNF's older default net is
     written out."""
-    from flowplug.train.phases import migrate_phase_options
+    from flowplug.train.phases import migrate_phase_options, normalize_phases
 
     state = dict(state)
     state.pop("scheduler", None)
@@ -147,7 +151,11 @@ def _migrate_v1(state: dict[str, Any]) -> dict[str, Any]:
             and state.get("step", 0) >= config["likelihood_after"]:
         started = config["likelihood_after"]  # runs of before the phase was recorded switched at that step
     if config is not None:
-        state["trainer_config"] = migrate_phase_options(config)
+        config = migrate_phase_options(config)
+        if config.get("phases") is not None:  # stored validated, as a version-2 config holds it
+            config["phases"] = normalize_phases(config["phases"], None)
+            config["objective"] = config["phases"][0]["objective"]
+        state["trainer_config"] = config
     if started is not None:
         state["phase"], state["phase_starts"] = 1, [0, int(started)]
     state["model_config"] = _older_mrcnf_net(state.get("model_config"))
@@ -200,15 +208,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):  # not a refused object: damaged bytes
+            raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupt?): "
+                                  f"{str(error).splitlines()[0]}") from None
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data, "
             f"which could execute code when unpickled ({str(error).splitlines()[0]})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # torch's unpickler raises many kinds on damaged bytes (IndexError, KeyError, ...)
         raise CheckpointError(
-            f"{str(path)!r} is not a readable checkpoint (truncated or corrupt?): {error}"
+            f"{str(path)!r} is not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {error}"
         ) from None
-    return Checkpoint.from_dict(state, repr(str(path)))
+    checkpoint = Checkpoint.from_dict(state, repr(str(path)))
+    checkpoint.source = path
+    return checkpoint
 
 
 def _check_archive(path: Path) -> None:

@@ -46,14 +46,16 @@ def training_split(name: str, data: ImageData, *, holdout: float | None = None, 
 
 
 def evaluation_split(checkpoint: Checkpoint, name: str, split: str = "held-out", *, holdout: float | None = None,
-                     seed: int | None = None, root: str | None = None, size: int | None = None) -> ImageData:
+                     seed: int | None = None, root: str | None = None, size: int | None = None,
+                     channels: int = 3) -> ImageData:
     """The ``split`` (one of :data:`SPLITS`) of data set ``name`` to score ``checkpoint`` on.
 
     ``held-out`` is the checkpoint's own held-out images (``train`` its training images) when ``name`` holds the
     images it was trained on; ``holdout`` and ``seed`` may only repeat the checkpoint's. For data with their own
     held-out part, ``held-out`` and ``test`` are that part. A split holding images the checkpoint was trained on
     as held out (``all``, or ``test`` of a set whose test split is its training data) is refused, as are images of
-    another shape or ``n_bins`` than the model's.
+    another shape or ``n_bins`` than the model's. ``root``, ``size`` and ``channels`` are
+    :func:`~flowplug.data.load_dataset`'s.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -62,7 +64,7 @@ def evaluation_split(checkpoint: Checkpoint, name: str, split: str = "held-out",
             raise ValueError(f"{name} has a training and a held-out part; choose the split (--split) held-out or "
                              "train")
         return _matching(load_dataset(name, train=split == "train", size=size), checkpoint)
-    data = load_dataset(name, root=root, train=split != "test", size=size)
+    data = load_dataset(name, root=root, train=split != "test", size=size, channels=channels)
     trained = checkpoint.data.get("split")
     same = trained is not None and _same_images(trained, data)
     if split in ("held-out", "train"):

@@ -19,13 +19,14 @@ from flowplug.data import ImageData
 from flowplug.train.checkpoint import Checkpoint, CheckpointError, capture_rng, load_checkpoint, restore_rng
 from flowplug.train.distributed import rank_zero_only, world_size
 from flowplug.train.feedback import notify
+from flowplug.train.run_folder import RunFolder
 from flowplug.train.schedule import extension_segment
 
 if TYPE_CHECKING:
     from flowplug.train.config import TrainConfig
     from flowplug.train.trainer import Trainer
 
-__all__ = ["APPLIED", "REFUSED", "changed_options", "checkpoint_of", "load_into", "resume", "save"]
+__all__ = ["APPLIED", "REFUSED", "changed_options", "checkpoint_of", "load_into", "resume", "resume_point", "save"]
 
 REFUSED = ("batch_size", "seed", "objective", "phases", "precision", "ema_decay", "warmup_steps", "schedule")
 """Options a resume refuses to change: the data order, noise, loss, plan, number format or EMA would no longer
@@ -93,7 +94,8 @@ def checkpoint_of(trainer: Trainer, data_info: dict[str, Any]) -> Checkpoint:
         optimizer=trainer.optimizer.state_dict(), phase=trainer.phase, phase_starts=list(trainer.phase_starts),
         skipped_steps=trainer.skipped_steps, best_val_bpd=trainer.best_val_bpd, total_steps=trainer.total_steps,
         schedule_segment=list(trainer.segment) if trainer.segment is not None else None,
-        elapsed_s=trainer.elapsed(), resumes=trainer.resumes, parent=trainer.parent, rng=capture_rng(),
+        elapsed_s=trainer.elapsed(), resumes=trainer.resumes, curve=list(trainer.curve), parent=trainer.parent,
+        rng=capture_rng(),
     )
 
 
@@ -129,32 +131,44 @@ def load_into(trainer: Trainer, checkpoint: Checkpoint, data_info: dict[str, Any
     segment = checkpoint.schedule_segment
     trainer.segment = (int(segment[0]), float(segment[1])) if segment is not None else None
     trainer.elapsed_before = float(checkpoint.elapsed_s)
-    trainer.resumes = list(checkpoint.resumes)
+    trainer.resumes, trainer.curve = list(checkpoint.resumes), list(checkpoint.curve)
     trainer.parent = checkpoint.parent
     if checkpoint.rng is not None:
         restore_rng(checkpoint.rng)
     trainer._apply_rates()
 
 
-def resume(trainer: Trainer, source: bool | str | Path, data_info: dict[str, Any]) -> None:
-    """Continue from ``source`` (a checkpoint path, or True: the newest intact one in the run folder), applying
-    and recording changed options; says on the console what it resumed from."""
+def resume_point(source: bool | str | Path | Checkpoint, folder: RunFolder | None,
+                 map_location: str | torch.device = "cpu") -> Checkpoint | None:
+    """The checkpoint a resume continues from, read once: ``source`` itself (a :class:`Checkpoint`), the file it
+    names, or for True the newest intact one in ``folder`` (saying which newer files were skipped as unreadable);
+    None when the folder holds no checkpoint."""
+    if isinstance(source, Checkpoint):
+        return source
+    if source is not True:
+        return load_checkpoint(source, map_location)
+    if folder is None:
+        raise ValueError("resume=True continues the run in out_dir; give out_dir or a checkpoint path")
+    found = folder.load_latest(map_location)
+    if found is None:
+        return None
+    for note in found[2]:
+        notify(note)
+    return found[1]
+
+
+def resume(trainer: Trainer, source: bool | str | Path | Checkpoint, data_info: dict[str, Any]) -> None:
+    """Continue from ``source`` (see :func:`resume_point`), applying and recording changed options; says on the
+    console what it resumed from."""
     folder = trainer.folder
     if folder is not None:
         for path in folder.remove_stale_temporaries():
             notify(f"removed {path}, left by a write that was interrupted")
-    if source is True:
-        if folder is None:
-            raise ValueError("resume=True continues the run in out_dir; give out_dir or a checkpoint path")
-        found = folder.load_latest(trainer.device)
-        if found is None:
-            notify(f"no checkpoint in {folder.checkpoints} to resume from; starting a new run")
-            return
-        path, checkpoint, notes = found
-        for note in notes:
-            notify(note)
-    else:
-        path, checkpoint = Path(source), load_checkpoint(source, trainer.device)
+    checkpoint = resume_point(source, folder, trainer.device)
+    if checkpoint is None:
+        notify(f"no checkpoint in {folder.checkpoints} to resume from; starting a new run")
+        return
+    path = checkpoint.source
     load_into(trainer, checkpoint, data_info)
     changes = changed_options(checkpoint.trainer_config or {}, trainer.config)
     old_total = checkpoint.total_steps
@@ -170,6 +184,9 @@ def resume(trainer: Trainer, source: bool | str | Path, data_info: dict[str, Any
     changed = "; changed " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()) \
         if changes else ""
     notify(f"resumed from {path} at step {trainer.step}{changed}")
+    if trainer.total_steps is not None and trainer.step >= trainer.total_steps and trainer.config.minutes is None:
+        notify(f"the step budget ({trainer.total_steps}) is already spent: nothing to train; give a larger budget "
+               "(--steps, --epochs or --minutes) to continue")
 
 
 @rank_zero_only

@@ -263,16 +263,16 @@ class Trainer:
         train: ImageData,
         val: ImageData | None = None,
         *,
-        resume: bool | str | Path = False,
+        resume: bool | str | Path | Checkpoint = False,
         overwrite: bool = False,
     ) -> dict[str, Any]:
         """Train on ``train`` until the budget is spent; returns the final report.
 
-        ``resume=True`` continues from the newest intact checkpoint in ``out_dir`` (falling back past a
-        corrupt one, saying so; starting afresh if there is none); a path continues from that checkpoint
-        (``best.pt`` too). Without ``resume``, an ``out_dir`` that already holds a run is refused unless
-        ``overwrite=True``, which deletes that run's files first. On resume, changed options are applied
-        and recorded or refused (:mod:`flowplug.train.state`). A new run seeds torch's global generator with the
+        ``resume=True`` continues from the newest intact checkpoint in ``out_dir`` (falling back past a corrupt
+        one, saying so; starting afresh if there is none); a path or a loaded ``Checkpoint`` from that one. Without
+        ``resume``, an ``out_dir`` that already holds a run is refused unless ``overwrite=True``, which deletes
+        that run's files first. On resume, changed options are applied and recorded or refused
+        (:mod:`flowplug.train.state`). A new run seeds torch's global generator with the
         config's ``seed``. The report holds the held-out BPD (overall and per level, on ``val`` when given),
         steps, time, NFE, parameter count and the ``eval_points`` curve. Ctrl-C saves a checkpoint (with a run
         folder) and says how to resume before ``KeyboardInterrupt`` goes on.
@@ -293,7 +293,7 @@ class Trainer:
         start_step, self._fit_started = self.step, time.monotonic()
         progress_bar = Progress(self.total_steps, self.step, cfg.progress)
         quarters = None if cfg.checkpoint_every is not None or self.folder is None else _QUARTERS
-        points = BudgetPoints(cfg.eval_points if val is not None else None, quarters)
+        points = BudgetPoints(cfg.eval_points if val is not None else None, quarters, self.budget.progress(self.step))
         last: dict[str, float] = {}
         try:
             for x in batches(train, cfg.batch_size, cfg.seed, self.step):

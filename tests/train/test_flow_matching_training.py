@@ -249,10 +249,6 @@ def test_a_version_1_checkpoint_loads_in_its_phase_and_continues_there(tiny_data
         assert torch.equal(value, restored.model.state_dict()[key])
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="library bug: Checkpoint's version-1 migration stores the plan unnormalised (no 'lr', "
-                          "'levels' or 'until' keys, objective names not specs), so state.changed_options sees "
-                          "'phases' (a refused option) as changed and refuses every resume of such a checkpoint")
 @pytest.mark.parametrize("likelihood_from", [3, None], ids=["recorded", "before-phases-were-recorded"])
 def test_a_version_1_checkpoint_resumes_in_its_phase(tiny_data, version_1_run, likelihood_from):
     whole, paths = version_1_run

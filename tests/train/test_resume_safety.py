@@ -63,7 +63,7 @@ def test_best_ignores_non_finite_evaluations_and_unhealthy_states_are_not_saved(
         return train_step(batch)
 
     trainer.evaluate, trainer.train_step = scored, noting_the_best
-    with pytest.warns(UserWarning, match="no checkpoint written, the weights or the last evaluation are not finite"):
+    with pytest.warns(UserWarning, match="no checkpoint written, the last step, the last evaluation or the weights are not finite"):
         trainer.fit(train, val)
     assert [*best[1:], trainer.best_val_bpd] == [None, 3.0, 3.0, 2.5, 2.5]
     # the states after a non-finite evaluation (steps 1, 3, 5 and the end) were not saved, least of all as best.pt

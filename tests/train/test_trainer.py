@@ -316,10 +316,6 @@ def test_eval_points_of_a_step_budget(tiny_data, tmp_path):
     assert "curve" not in Trainer(tiny_glow(), config, device="cpu").fit(train)  # no validation data, no curve
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="library bug: fit starts its BudgetPoints afresh and the checkpoint does not keep the curve, "
-                          "so a resumed run's report loses the points before the resume and evaluates off the "
-                          "points at its first step (here the curve is [5, 6, 8])")
 def test_eval_points_across_a_resume(tiny_data, tmp_path):
     train, val = tiny_data.split(0.25)
 
