@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -265,12 +266,19 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out, folder=True)
     trainer = Trainer(model, config, out_dir=out, device=args.device, parent=parent, recipe=record)
-    trainer.fit(train_data, val_data, resume=resumed or args.resume, overwrite=args.overwrite)  # read once
+    report = trainer.fit(train_data, val_data, resume=resumed or args.resume, overwrite=args.overwrite)  # read once
     if distributed.rank() == 0:
         folder = RunFolder(out)
         print(folder.report_txt.read_text() if folder.report_txt.exists() else "no report written")
         print(f"run folder: {out}")
+    _check_finite(report["held_out"]["bpd"], "the final held-out evaluation")
     return 0
+
+
+def _check_finite(bpd: float, what: str) -> None:
+    """A non-finite score is an error (exit status 2), not a result."""
+    if not math.isfinite(bpd):
+        raise FloatingPointError(f"{what} is {bpd}: the model's weights or its solves are not finite")
 
 
 def _restore(args: argparse.Namespace) -> tuple[Trainer, Any]:
@@ -291,6 +299,8 @@ def _checkpoint_path(given: str) -> Path:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    if not 0 < args.temperature < math.inf:
+        raise ValueError(f"--temperature must be a positive finite number, got {args.temperature}")
     out = Path(args.out) if args.out else RunFolder.samples_of(_checkpoint_path(args.checkpoint), args.temperature)
     _check_out(out, folder=False)
     trainer, _ = _restore(args)
@@ -307,6 +317,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                             root=args.data_root, size=args.size, channels=args.channels)
     result = trainer.evaluate(data)
     print(json.dumps({"data": data.name, "step": checkpoint.step, **result}, indent=2))
+    _check_finite(result["bpd"], f"the checkpoint's BPD on {data.name}")
     return 0
 
 

@@ -175,3 +175,19 @@ def test_a_user_error_prints_no_traceback_unless_debug(tmp_path):
         "train it with the likelihood objective"]
     loud = subprocess.run([command[0], "-m", "flowplug", "--debug", *command[3:]], capture_output=True, text=True)
     assert loud.returncode == 1 and "Traceback" in loud.stderr
+
+
+def test_sample_refuses_an_infinite_temperature_and_a_huge_zoom(run_folder, tmp_path, capsys):
+    checkpoint = str(sorted((run_folder / "checkpoints").glob("step-*.pt"))[-1])
+    assert main(["sample", checkpoint, "--temperature", "inf", "--out", str(tmp_path / "t.png")]) == 2
+    assert "--temperature must be a positive finite number, got inf" in capsys.readouterr().err
+    assert main(["sample", checkpoint, "--zoom", "100000", "--out", str(tmp_path / "z.png")]) == 2
+    assert "pixels a side; at most 16384" in capsys.readouterr().err
+    assert not (tmp_path / "t.png").exists() and not (tmp_path / "z.png").exists()
+
+
+def test_a_non_finite_evaluation_is_an_error(run_folder, monkeypatch, capsys):
+    checkpoint = str(sorted((run_folder / "checkpoints").glob("step-*.pt"))[-1])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, data, **options: {"bpd": float("nan")})
+    assert main(["evaluate", checkpoint, "--device", "cpu"]) == 2
+    assert "flowplug: error: the checkpoint's BPD on digits[held-out] is nan" in capsys.readouterr().err

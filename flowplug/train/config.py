@@ -16,6 +16,10 @@ PRECISIONS = ("auto", "float32", "float64", "bf16")
 SCHEDULES = ("cosine", "constant")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class TrainConfig:
     """Everything that shapes a run. Budgets: training stops at the first of ``steps``, ``epochs``
@@ -85,8 +89,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("epochs", "minutes", "lr", "temperature", "grad_clip"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not 0 < value < math.inf):
+            if value is not None and (not _is_number(value) or not 0 < value < math.inf):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        for name in ("hflip", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.tensorboard is not None and not isinstance(self.tensorboard, bool):
+            raise ValueError(f"tensorboard must be true, false or null, got {self.tensorboard!r}")
         if self.steps is None and self.epochs is None and self.minutes is None:
             raise ValueError("give a training budget: steps, epochs or minutes")
         if self.precision not in PRECISIONS:
@@ -98,10 +107,12 @@ class TrainConfig:
         if self.schedule == "cosine" and self.steps is None and self.epochs is None:
             raise ValueError("schedule='cosine' needs a steps or epochs budget; "
                              "use schedule='constant' with minutes alone")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
-        if self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError("warmup_steps and weight_decay must not be negative")
+        if self.ema_decay is not None and (not _is_number(self.ema_decay) or not 0.0 < self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not _is_number(self.weight_decay) or not 0 <= self.weight_decay < 1:
+            raise ValueError(f"weight_decay must lie in [0, 1), got {self.weight_decay!r}")
         self._check_plan()
 
     def _check_plan(self) -> None:

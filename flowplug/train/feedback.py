@@ -20,8 +20,8 @@ import torch
 from flowplug.train.distributed import rank_zero_only, world_size
 from flowplug.train.run_folder import RunFolder
 
-__all__ = ["MIN_GRID_SIDE", "MetricsLogger", "Progress", "grid_zoom", "notify", "per_level_note", "run_report",
-           "save_image_grid", "write_report"]
+__all__ = ["MAX_GRID_SIDE", "MIN_GRID_SIDE", "MetricsLogger", "Progress", "grid_zoom", "notify", "per_level_note",
+           "run_report", "save_image_grid", "write_report"]
 
 
 @rank_zero_only
@@ -114,6 +114,8 @@ class Progress:
 
 MIN_GRID_SIDE = 256
 """Pixels a saved grid has at least on each side by default: small images are upscaled to be readable."""
+MAX_GRID_SIDE = 16384
+"""Pixels a saved grid may have at most on a side (a larger ``zoom`` is refused)."""
 
 
 def grid_zoom(grid_height: int, grid_width: int) -> int:
@@ -131,6 +133,11 @@ def save_image_grid(v: torch.Tensor, path: str | Path, columns: int | None = Non
     """
     if zoom is not None and (not isinstance(zoom, int) or isinstance(zoom, bool) or zoom < 1):
         raise ValueError(f"zoom must be a positive integer, got {zoom!r}")
+    if v.ndim != 4 or v.shape[0] == 0:
+        raise ValueError(f"save_image_grid needs images (N, C, H, W) with N > 0, got shape {tuple(v.shape)}")
+    if not torch.isfinite(v).all():
+        raise ValueError(f"{int((~torch.isfinite(v)).sum())} pixel value(s) of the images are not finite (NaN or "
+                         "inf): nothing written")
     from PIL import Image
 
     if v.shape[1] not in (1, 3):
@@ -144,6 +151,9 @@ def save_image_grid(v: torch.Tensor, path: str | Path, columns: int | None = Non
         top, left = pad + (i // columns) * (height + pad), pad + (i % columns) * (width + pad)
         grid[:, top:top + height, left:left + width] = image
     zoom = zoom or grid_zoom(*grid.shape[1:])
+    if max(grid.shape[1:]) * zoom > MAX_GRID_SIDE:
+        raise ValueError(f"zoom {zoom} would make a grid of {max(grid.shape[1:]) * zoom} pixels a side; at most "
+                         f"{MAX_GRID_SIDE}")
     grid = grid.repeat_interleave(zoom, dim=1).repeat_interleave(zoom, dim=2)
     pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
     path = Path(path)
@@ -151,7 +161,6 @@ def save_image_grid(v: torch.Tensor, path: str | Path, columns: int | None = Non
     Image.fromarray(pixels).save(path)
 
 
-@rank_zero_only
 def run_report(trainer: Any, last: dict[str, float], elapsed: float, steps_run: int,
                data_info: dict[str, Any]) -> dict[str, Any]:
     """The final report of a ``fit`` of ``trainer`` (a :class:`~flowplug.train.Trainer`), before evaluation."""

@@ -113,3 +113,14 @@ def test_the_rewrite_of_metrics_csv_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     MetricsLogger(folder, tensorboard=False, after_step=2)
     assert len(folder.metrics.read_text().splitlines()) == 3
+
+
+def test_a_grid_of_no_images_or_of_non_finite_values_is_refused_and_nothing_written(tmp_path):
+    from flowplug.train.feedback import save_image_grid
+
+    with pytest.raises(ValueError, match="N > 0"):
+        save_image_grid(torch.zeros(0, 1, 4, 4), tmp_path / "empty.png")
+    with pytest.raises(ValueError, match=r"1 pixel value\(s\) of the images are not finite"):
+        save_image_grid(torch.zeros(2, 1, 4, 4).index_put_((torch.tensor([0]),) * 4, torch.tensor(float("nan"))),
+                        tmp_path / "nan.png")
+    assert not list(tmp_path.iterdir())

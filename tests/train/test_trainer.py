@@ -145,6 +145,11 @@ def test_evaluate_matches_log_prob_and_levels_sum(tiny_data):
         ({"steps": 5, "clock": "cpu"}, "clock"),
         ({"steps": 5, "lr": float("inf")}, "lr must be a positive finite number, got inf"),
         ({"steps": True}, "steps must be a positive integer, got True"),
+        ({"steps": 5, "hflip": "false"}, "hflip must be true or false, got 'false'"),
+        ({"steps": 5, "lr": "1e-3"}, "lr must be a positive finite number, got '1e-3'"),
+        ({"steps": 5, "warmup_steps": 2.5}, r"warmup_steps must be an integer >= 0, got 2\.5"),
+        ({"steps": 5, "weight_decay": 1e30}, r"weight_decay must lie in \[0, 1\), got 1e\+30"),
+        ({"steps": 5, "tensorboard": "no"}, "tensorboard must be true, false or null"),
     ],
 )
 def test_bad_config(options, match):
