@@ -4,7 +4,7 @@ Every stage is one ``flowplug`` command on a CPU-time budget (``--clock process`
 its CPU seconds and peak memory are measured; after each stage its final checkpoint is scored on held-out
 images, and the last stage's samples are kept. The commands, for the default sizes:
 
-    python -m flowplug train --model mrcnf --data D/32-train.npz --minutes M1 --batch-size B1 --out OUT/stage-32 ...
+    python -m flowplug train --recipe mrcnf --data D/32-train.npz --minutes M1 --batch-size B1 --out OUT/stage-32 ...
     python -m flowplug train --grow-from OUT/stage-32 --data D/64-train.npz --minutes M2 --batch-size B2 \\
         --out OUT/stage-64 ...
     python -m flowplug train --grow-from OUT/stage-64 --data D/128-train.npz ... --out OUT/stage-128 ...
@@ -24,7 +24,8 @@ photographs at the same framing as before; they differ from what the parent was 
 quantisation step (the coarse image of dequantised data is the mean of four dequantised pixels, the parent's
 data were the rounded mean plus one uniform draw).
 
-Run (from the repository root; about 20 CPU-minutes in all with the defaults):
+Needs scikit-image for the photographs (``pip install -e ".[images]"``). Run (from the repository root; about
+20 CPU-minutes in all with the defaults):
 
     python examples/progressive_128.py --out runs/progressive-128
     python examples/progressive_128.py --quick --out /tmp/progressive   # 8×8 → 16×16, seconds
@@ -47,6 +48,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import flowplug  # noqa: F401  (before torch: lets torch's idle OpenMP threads sleep, flowplug.threads)
+
+# isort: split
 import numpy as np
 import torch
 
@@ -103,8 +107,8 @@ def run(command: list[str], log: Path) -> tuple[dict[str, float], str]:
 
 def train_stage(size: int, model: list[str], data: Path, minutes: str, batch: int, holdout: float, threads: int,
                 out: Path, quick: bool = False) -> dict:
-    """Train one stage (``model``: ``--model ...`` or ``--grow-from ...``); its report's figures and the command's
-    cost."""
+    """Train one stage (``model``: ``--recipe ...``, ``--config ...`` or ``--grow-from ...``); its report's
+    figures and the command's cost."""
     folder = out / f"stage-{size}"
     budget = ["--steps", "3"] if quick else ["--minutes", minutes]
     cost, _ = run(["train", *model, "--data", str(data), *budget, "--batch-size", str(batch), "--holdout",
@@ -153,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(b != 2 * a for a, b in itertools.pairwise(sizes)):
         raise SystemExit(f"each size must double the one before, got {sizes}")
 
+    try:  # the crops are scikit-image's bundled photographs
+        import skimage  # noqa: F401
+    except ImportError:
+        raise SystemExit('progressive_128.py: error: the photo crops need scikit-image: pip install -e ".[images]"'
+                         ) from None
     largest = f"crops{sizes[-1]}"
     data = write_pyramid(load_dataset(largest), load_dataset(largest, train=False), sizes, out / "data")
     summary: dict = {"data": f"{largest} (training and held-out crops) and its 2x2 block means",
@@ -160,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                      "stages": []}
     for i, size in enumerate(sizes):
         if i == 0:
-            model = ["--config", str(_quick_config(out))] if args.quick else ["--model", "mrcnf"]
+            model = ["--config", str(_quick_config(out))] if args.quick else ["--recipe", "mrcnf"]
         else:
             model = ["--grow-from", str(out / f"stage-{sizes[i - 1]}"),
                      "--old-levels", "fine-tune" if args.fine_tune else "frozen"]
