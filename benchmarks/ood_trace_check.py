@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from flowplug.data import load_dataset
 from flowplug.ood import score_images
 from flowplug.train import Trainer, load_checkpoint
+from flowplug.train.splits import evaluation_split
 
 
 def main() -> None:
@@ -36,11 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    state = load_checkpoint(args.checkpoint)
-    trainer = Trainer.restore(state)
-    split = state["data"]["split"]
-    held_out = load_dataset(args.data).split(split["holdout"], seed=split["seed"])[1]
-    data = held_out.first(args.images)
+    checkpoint = load_checkpoint(args.checkpoint)
+    trainer = Trainer.restore(checkpoint)
+    data = evaluation_split(checkpoint, args.data).first(args.images)
     model, seed = trainer.eval_model(), trainer.config.seed
 
     results = {}

@@ -9,8 +9,10 @@ first use, so the dependency runs one way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import normflows as nf
 
@@ -63,11 +65,22 @@ def affine_coupling_block(
     return nf.flows.AffineCouplingBlock(net, scale=scale, scale_map=scale_map, split_mode=split_mode)
 
 
+def _quiet(layer: type) -> Any:
+    """``layer``'s constructor, built without the ``torch.lu`` deprecation warning (same signature and docs)."""
+
+    @functools.wraps(layer)
+    def build(*args: Any, **kwargs: Any) -> Any:
+        with torch_lu_deprecation_silenced():
+            return layer(*args, **kwargs)
+
+    return build
+
+
 FLOWS = {
-    "glow_block": nf.flows.GlowBlock,
+    "glow_block": _quiet(nf.flows.GlowBlock),
     "act_norm": nf.flows.ActNorm,
     "affine_const": nf.flows.AffineConstFlow,
-    "invertible_1x1_conv": nf.flows.Invertible1x1Conv,
+    "invertible_1x1_conv": _quiet(nf.flows.Invertible1x1Conv),
     "invertible_affine": nf.flows.InvertibleAffine,
     "permute": nf.flows.Permute,
     "lu_linear_permute": nf.flows.LULinearPermute,

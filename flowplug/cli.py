@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import types
@@ -27,7 +26,7 @@ from flowplug.cnf.solver import ODESolverError
 from flowplug.data import DATASET_NAMES, ImageData, load_dataset
 from flowplug.recipes import DEFAULT_RECIPE, RecipePlan, load_recipe, plan, recipes
 from flowplug.registry import KINDS, components, get_component
-from flowplug.threads import THREADS_ENV, WAIT_POLICY_ENV, set_threads
+from flowplug.threads import THREADS_ENV, set_threads, wait_policy
 from flowplug.train import CheckpointError, Trainer, distributed, load_checkpoint, objectives
 from flowplug.train.budget import CLOCKS
 from flowplug.train.config import PRECISIONS, TrainConfig
@@ -368,7 +367,7 @@ def _info(args: argparse.Namespace) -> int:
           f"mps: {'yes' if torch.backends.mps.is_available() else 'no'}; "
           f"auto picks {resolve_device('auto')}")
     print(f"torch {torch.__version__}; CPU threads: {torch.get_num_threads()} "
-          f"(OpenMP wait policy: {os.environ.get(WAIT_POLICY_ENV, 'library default')})")
+          f"(OpenMP wait policy: {wait_policy()})")
     return 0
 
 

@@ -3,8 +3,6 @@ input."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -137,12 +135,6 @@ def test_dequantize_never_reaches_one_in_low_precision():
 def test_dequantize_rejects_out_of_range_levels():
     with pytest.raises(ValueError, match=r"\[0, 16\] for n_bins=17, got range \[0.0, 17.0\]"):
         dequantize(torch.tensor([0, 17]), 17)
-
-
-def test_missing_torchvision_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if not installed: importing it fails
-    with pytest.raises(ValueError, match=r'not installed: pip install "flowplug\[vision\]"'):
-        load_dataset("cifar10", root=".")
 
 
 def test_image_folder_with_size_centre_crops_images_of_any_shape(tmp_path):
