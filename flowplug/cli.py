@@ -247,6 +247,8 @@ def _grown(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, An
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     _check_growth_flags(args)
     resumed = _resumed_state(args)
     data = load_dataset(args.data, root=args.data_root, size=args.size, channels=args.channels)

@@ -136,7 +136,8 @@ def load_npz(path: str | Path, *, n_bins: int | None = None, name: str | None = 
             f"{path}: 'x' has shape {x.shape}, which looks like N×H×W×C (channels last); store it as N×C×H×W, "
             "e.g. np.savez(path, x=x.transpose(0, 3, 1, 2))"
         )
-    return ImageData(torch.from_numpy(x), n_bins or stored_bins or 256, name or str(path))
+    chosen = next((b for b in (n_bins, stored_bins) if b is not None), 256)  # a given 0 is checked, not skipped
+    return ImageData(torch.from_numpy(x), chosen, name or str(path))
 
 
 def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
@@ -251,6 +252,8 @@ def load_dataset(
     ``size × size``) apply to image folders. Unknown names and missing paths raise ``FileNotFoundError``,
     unreadable or ill-shaped data and a ``size`` for another source ``ValueError``/``TypeError``.
     """
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"a data set is a name or a path, got {type(name_or_path).__name__} {name_or_path!r}")
     path = Path(name_or_path)
     if size is not None and not path.is_dir():
         raise ValueError(f"size={size!r} resizes the images of a folder; {str(name_or_path)!r} is not a folder "

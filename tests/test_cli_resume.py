@@ -59,3 +59,8 @@ def test_evaluate_defaults_to_the_checkpoints_own_held_out_split(run_folder, cap
         assert "train" in capsys.readouterr().err
     assert main(["evaluate", checkpoint, "--device", "cpu", "--split", "train"]) == 0
     assert json.loads(capsys.readouterr().out)["num_images"] == 1797 - 180
+
+
+def test_resume_and_overwrite_together_are_refused(run_folder, capsys):
+    assert main([*TRAIN, "--out", str(run_folder), "--resume", "--overwrite"]) == 2
+    assert "--resume continues the run in --out and --overwrite replaces it" in capsys.readouterr().err

@@ -164,3 +164,11 @@ def test_image_folder_refuses_bad_sizes(tmp_path, size):
 def test_size_is_refused_for_sources_other_than_folders():
     with pytest.raises(ValueError, match="resizes the images of a folder"):
         load_dataset("digits", size=8)
+
+
+def test_an_npz_with_n_bins_0_and_a_data_set_that_is_no_name_are_refused(tmp_path):
+    np.savez(tmp_path / "zero.npz", x=np.zeros((4, 1, 8, 8), np.uint8), n_bins=np.array(0))
+    with pytest.raises(ValueError, match=r"n_bins must be an integer in \[2, 256\], got 0"):
+        load_dataset(tmp_path / "zero.npz")
+    with pytest.raises(TypeError, match="a data set is a name or a path, got int 5"):
+        load_dataset(5)

@@ -16,6 +16,7 @@ densities, tests) or exact per-sample values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -168,8 +169,8 @@ class CNF(Flow):
             raise TypeError(
                 f"net must be an nn.Module called as net(t, z, context), got {type(net).__name__}"
             )
-        if isinstance(T, bool) or not isinstance(T, (int, float)) or not T > 0:
-            raise ValueError(f"integration time T must be a positive number, got {T!r}")
+        if isinstance(T, bool) or not isinstance(T, (int, float)) or not 0 < T < math.inf:
+            raise ValueError(f"integration time T must be a positive finite number, got {T!r}")
         eval_divergence = divergence if eval_divergence is None else eval_divergence
         for name, value in (("divergence", divergence), ("eval_divergence", eval_divergence)):
             if value not in DIVERGENCES:

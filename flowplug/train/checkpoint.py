@@ -180,6 +180,9 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except RuntimeError as error:  # torch.save reports a full disk this way at some sizes
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(f"could not write the checkpoint {str(path)!r} (disk full?): {error}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

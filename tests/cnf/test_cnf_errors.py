@@ -146,3 +146,8 @@ def test_bad_flow_and_net_arguments():
         ConvODENet(2, kernel_size=2)
     with pytest.raises(ValueError, match="hidden_dim must be a positive integer, got 0"):
         MLPODENet(2, hidden_dim=0)
+
+
+def test_an_infinite_integration_time_is_refused():
+    with pytest.raises(ValueError, match="integration time T must be a positive finite number, got inf"):
+        CNF(MLPODENet(2), T=math.inf)

@@ -237,16 +237,19 @@ def test_elapsed_time_continues_across_resumes(tiny_data, tmp_path):
     assert times == sorted(times) and len(times) == 6
 
 
-def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")],
+                         ids=["oserror", "torch-runtimeerror"])
+def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch, error):
     path = tmp_path / "step.pt"
     checkpoint_module.save_checkpoint(Checkpoint(model={}, model_config={}, step=1), path)
 
     def full_disk(obj, file):
         file.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space|disk full"):
         checkpoint_module.save_checkpoint(Checkpoint(model={}, model_config={}, step=2), path)
     assert load_checkpoint(path).step == 1 and [p.name for p in tmp_path.iterdir()] == ["step.pt"]
 
