@@ -1,7 +1,9 @@
-"""The ``flowplug`` command: ``train``, ``sample``, ``evaluate``, ``ood`` and ``info``.
+"""The ``flowplug`` command: ``train``, ``sample``, ``evaluate``, ``ood``, ``recipes`` and ``info``.
 
-``flowplug train`` with no arguments trains the default model (MRCNF) on the embedded digits and
-writes a run folder under ``runs/``. Every bad name, path or option is reported before training
+``flowplug train`` with no arguments trains the default recipe (``mrcnf``, :mod:`flowplug.recipes`) fitted to
+the embedded digits and writes a run folder under ``runs/``. The command parses its arguments into the objects
+a Python user builds (a recipe plan, a :class:`~flowplug.train.TrainConfig`, a :class:`~flowplug.train.Trainer`);
+the policies (splits, checkpoints, resume) are the library's. Every bad name, path or option is reported before training
 starts, as ``flowplug: error: ...`` with exit status 2, as is a run stopped by non-finite values;
 ``flowplug --debug ...`` shows the traceback instead.
 """

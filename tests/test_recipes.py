@@ -107,3 +107,7 @@ def test_a_recipe_run_is_reproducible_bit_for_bit_and_records_the_recipe(tmp_pat
     recorded = json.loads((tmp_path / "a" / "config.json").read_text())["recipe"]
     assert recorded["name"] == "mrcnf" and {"key": "levels", "part": "model", "value": 3,
                                             "why": recorded["decisions"][0]["why"]} == recorded["decisions"][0]
+    resumed = flowplug.Trainer(model, config.__class__.from_dict({**config.to_dict(), "steps": 8}),
+                               out_dir=tmp_path / "b", device="cpu")  # a resume without the recipe at hand
+    resumed.fit(train, held_out, resume=True)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["recipe"] == recorded  # kept by the checkpoint

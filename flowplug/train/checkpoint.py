@@ -77,6 +77,8 @@ class Checkpoint:
     curve: list[dict[str, Any]] = field(default_factory=list)
     """The evaluations at the budget's evaluation points so far (step, training seconds, BPD)."""
     parent: dict[str, Any] | None = None
+    recipe: dict[str, Any] | None = None
+    """The record of the recipe that built the model and options (:meth:`flowplug.recipes.RecipePlan.record`)."""
     rng: dict[str, Any] | None = None
     source: Path | None = field(default=None, compare=False, repr=False)
     """The file it was read from (not written to disk)."""

@@ -95,7 +95,7 @@ def checkpoint_of(trainer: Trainer, data_info: dict[str, Any]) -> Checkpoint:
         skipped_steps=trainer.skipped_steps, best_val_bpd=trainer.best_val_bpd, total_steps=trainer.total_steps,
         schedule_segment=list(trainer.segment) if trainer.segment is not None else None,
         elapsed_s=trainer.elapsed(), resumes=trainer.resumes, curve=list(trainer.curve), parent=trainer.parent,
-        rng=capture_rng(),
+        recipe=trainer.recipe, rng=capture_rng(),
     )
 
 
@@ -133,6 +133,7 @@ def load_into(trainer: Trainer, checkpoint: Checkpoint, data_info: dict[str, Any
     trainer.elapsed_before = float(checkpoint.elapsed_s)
     trainer.resumes, trainer.curve = list(checkpoint.resumes), list(checkpoint.curve)
     trainer.parent = checkpoint.parent
+    trainer.recipe = trainer.recipe or checkpoint.recipe
     if checkpoint.rng is not None:
         restore_rng(checkpoint.rng)
     trainer._apply_rates()

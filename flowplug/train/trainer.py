@@ -53,8 +53,8 @@ class Trainer:
     ``device`` is ``"auto"``, ``"cpu"``, ``"cuda[:i]"`` or ``"mps"``; under ``torchrun`` each process joins
     the process group and takes its own GPU. ``parent`` is the record of the checkpoint a grown model came from
     (:func:`flowplug.train.load_parent`) and ``recipe`` the record of the recipe that built the model and config
-    (:func:`flowplug.recipes.plan`); both are written into ``config.json`` (the parent into checkpoints and the
-    report too), and a resume restores the parent from the checkpoint.
+    (:func:`flowplug.recipes.plan`); both are written into ``config.json`` and the checkpoints (the parent into
+    the report too), and a resume restores them from the checkpoint.
     """
 
     def __init__(
