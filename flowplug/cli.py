@@ -104,6 +104,7 @@ def _plan(args: argparse.Namespace, data: ImageData, resumed: Any) -> RecipePlan
         fitted = plan(args.recipe or DEFAULT_RECIPE, data, model=args.model_options, train=flags)
     if resumed is not None:
         fitted.train = _options({**(resumed.trainer_config or {}), **(config or {}).get("train", {})}, flags)
+    fitted.train["progress"] = not args.no_progress
     info = get_component(fitted.model.get("type", ""))
     if info.kind != "model":
         raise ValueError(f"{info.name!r} is a {info.kind}, not a model; models: {', '.join(components('model'))}")
@@ -192,7 +193,6 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {key: getattr(args, key) for key in _TRAIN_FLAGS if getattr(args, key) is not None}
     if "objective" in flags and "phases" not in flags:
         flags["phases"] = None
-    flags["progress"] = not args.no_progress
     return flags
 
 
@@ -243,7 +243,7 @@ def _grown(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, An
         options["phases"] = [{**phase, "levels": None} for phase in options["phases"]]
     frozen = (args.old_levels or "frozen") == "frozen"
     options["trainable_levels"] = [0] if frozen else list(range(parent_model.num_levels + 1))
-    config = TrainConfig.from_dict(_options(options, _train_flags(args)))
+    config = TrainConfig.from_dict({**_options(options, _train_flags(args)), "progress": not args.no_progress})
     torch.manual_seed(config.seed)  # the new level's initialisation follows --seed
     return parent_model.grow(net_options=args.new_level_net_options), parent, config
 
