@@ -255,7 +255,8 @@ def test_bad_input_errors(tiny_cnf_options):
     other = MRCNF((2, 4, 4), levels=2, hidden_channels=4, num_blocks=1, train_solver=solver)
     with pytest.raises(ValueError, match=r"level 0: entry .* has shape .* in the source but .* here"):
         model.load_levels(other, [0])
-    with pytest.raises(TypeError, match="MRCNF has no option 'hiden_channels' with net='res_odenet'; did you mean 'hidden_channels'"):
+    with pytest.raises(TypeError, match="MRCNF has no option 'hiden_channels' with net='res_odenet'; did you mean "
+                                        "'hidden_channels'"):
         MRCNF((1, 4, 4), levels=2, hiden_channels=8)
     with pytest.raises(ValueError, match="one component list per level"):
         MRCNF((1, 4, 4), levels=2, level_flows=[None])

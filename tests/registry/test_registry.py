@@ -149,7 +149,7 @@ def test_the_builtins_come_through_the_plugin_entry_point_and_the_registry_impor
     assert plugins["flowplug"] == "flowplug.builtins:register_builtins"
     monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [])
     monkeypatch.setattr(registry, "_external_loaded", False)
-    with pytest.raises(ImportError, match="'flowplug.plugins' entry point, which is missing: install the package"):
+    with pytest.raises(ImportError, match=r"'flowplug\.plugins' entry point, which is missing: install the package"):
         flowplug.components()
 
 

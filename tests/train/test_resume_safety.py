@@ -11,7 +11,7 @@ import stat
 
 import pytest
 import torch
-from train_helpers import Exploding, read_metric, tiny_glow
+from train_helpers import Exploding, interrupt_at, read_metric, tiny_glow
 
 from flowplug.train import Checkpoint, CheckpointError, TrainConfig, Trainer, load_checkpoint
 from flowplug.train import checkpoint as checkpoint_module
@@ -63,7 +63,8 @@ def test_best_ignores_non_finite_evaluations_and_unhealthy_states_are_not_saved(
         return train_step(batch)
 
     trainer.evaluate, trainer.train_step = scored, noting_the_best
-    with pytest.warns(UserWarning, match="no checkpoint written, the last step, the last evaluation or the weights are not finite"):
+    with pytest.warns(UserWarning, match="no checkpoint written, the last step, the last evaluation or the weights "
+                                         "are not finite"):
         trainer.fit(train, val)
     assert [*best[1:], trainer.best_val_bpd] == [None, 3.0, 3.0, 2.5, 2.5]
     # the states after a non-finite evaluation (steps 1, 3, 5 and the end) were not saved, least of all as best.pt
@@ -93,24 +94,12 @@ def test_a_new_run_refuses_a_folder_holding_a_run_unless_told(tiny_data, tmp_pat
     assert max(read_metric(tmp_path, "loss")) == 2
 
 
-def _interrupt_at(trainer, step):
-    """Make ``trainer``'s training raise KeyboardInterrupt (Ctrl-C) once ``step`` steps are done."""
-    train_step = trainer.train_step
-
-    def interrupted(batch):
-        if trainer.step == step:
-            raise KeyboardInterrupt
-        return train_step(batch)
-
-    trainer.train_step = interrupted
-
-
 def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_stops(tiny_data, tmp_path, capfd):
     whole = _trainer(tmp_path / "whole", 6, checkpoint_every=100)
     whole.fit(tiny_data)
     parts = tmp_path / "parts"
     trainer = _trainer(parts, 6, checkpoint_every=100)
-    _interrupt_at(trainer, 3)
+    interrupt_at(trainer, 3)
     capfd.readouterr()
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(tiny_data)
@@ -126,12 +115,12 @@ def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_stops(tiny_data, tmp_p
 
 def test_ctrl_c_without_a_run_folder_or_before_the_first_step_writes_nothing(tiny_data, tmp_path):
     trainer = Trainer(tiny_glow(), TrainConfig(steps=6, **FAST), device="cpu")
-    _interrupt_at(trainer, 2)
+    interrupt_at(trainer, 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(tiny_data)
     assert trainer.step == 2
     early = _trainer(tmp_path, 6)
-    _interrupt_at(early, 0)
+    interrupt_at(early, 0)
     with pytest.raises(KeyboardInterrupt):
         early.fit(tiny_data)
     assert early.folder.step_checkpoints() == []
@@ -249,7 +238,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_pa
         raise error
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space|disk full"):
+    with pytest.raises(OSError, match=r"No space|disk full"):
         checkpoint_module.save_checkpoint(Checkpoint(model={}, model_config={}, step=2), path)
     assert load_checkpoint(path).step == 1 and [p.name for p in tmp_path.iterdir()] == ["step.pt"]
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from train_helpers import TINY_GLOW, Exploding, ToyModel, read_metric, tiny_glow
+from train_helpers import TINY_GLOW, Exploding, ToyModel, interrupt_at, read_metric, tiny_glow
 
 import flowplug
 from flowplug.data import Batch, ImageData
@@ -328,14 +328,7 @@ def test_eval_points_across_a_resume(tiny_data, tmp_path):
         trainer = Trainer(tiny_glow(), TrainConfig(steps=8, eval_points=4, checkpoint_every=1, **FAST),
                           out_dir=tmp_path / folder, device="cpu")
         if stop_at is not None:
-            train_step = trainer.train_step
-
-            def interrupted(batch):
-                if trainer.step == stop_at:
-                    raise KeyboardInterrupt
-                return train_step(batch)
-
-            trainer.train_step = interrupted
+            interrupt_at(trainer, stop_at)
         return trainer.fit(train, val, resume=resume)
 
     whole = run("whole")

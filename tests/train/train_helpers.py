@@ -70,3 +70,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def interrupt_at(trainer, step):
+    """Make ``trainer``'s training raise KeyboardInterrupt (Ctrl-C) once ``step`` steps are done."""
+    train_step = trainer.train_step
+
+    def interrupted(batch):
+        if trainer.step == step:
+            raise KeyboardInterrupt
+        return train_step(batch)
+
+    trainer.train_step = interrupted
