@@ -31,7 +31,7 @@ from flowplug.registry import KINDS, components, get_component
 from flowplug.threads import THREADS_ENV, set_threads, wait_policy
 from flowplug.train import CheckpointError, Trainer, distributed, load_checkpoint, objectives
 from flowplug.train.budget import CLOCKS
-from flowplug.train.config import PRECISIONS, TrainConfig
+from flowplug.train.config import PRECISIONS, TrainConfig, override_options
 from flowplug.train.feedback import save_image_grid
 from flowplug.train.growth import load_parent
 from flowplug.train.run_folder import RunFolder
@@ -97,13 +97,13 @@ def _plan(args: argparse.Namespace, data: ImageData, resumed: Any) -> RecipePlan
     if config is not None:
         spec = config["model"] if isinstance(config["model"], dict) else {"type": config["model"]}
         spec = {"image_shape": list(data.image_shape), **spec, **(args.model_options or {})}
-        fitted = RecipePlan(f"config file {args.config}", spec, _options(config.get("train", {}), flags))
+        fitted = RecipePlan(f"config file {args.config}", spec, override_options(config.get("train", {}), flags))
     elif resumed is not None and args.recipe is None:
         fitted = RecipePlan("the resumed checkpoint", {**resumed.model_config, **(args.model_options or {})}, {})
     else:
         fitted = plan(args.recipe or DEFAULT_RECIPE, data, model=args.model_options, train=flags)
     if resumed is not None:
-        fitted.train = _options({**(resumed.trainer_config or {}), **(config or {}).get("train", {})}, flags)
+        fitted.train = override_options({**(resumed.trainer_config or {}), **(config or {}).get("train", {})}, flags)
     fitted.train["progress"] = not args.no_progress
     info = get_component(fitted.model.get("type", ""))
     if info.kind != "model":
@@ -196,17 +196,6 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
-def _options(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """``base`` trainer options with ``flags`` over them; a budget flag replaces the whole budget, and a time
-    budget alone keeps the rate constant (a cosine needs a step count)."""
-    budgets = ("steps", "epochs", "minutes")
-    if any(key in flags for key in budgets):
-        base = {key: value for key, value in base.items() if key not in budgets}
-        if "minutes" in flags and "steps" not in flags and "epochs" not in flags:
-            base["schedule"] = "constant"
-    return {**base, **flags}
-
-
 def _resumed_state(args: argparse.Namespace) -> Any:
     """The checkpoint ``--resume`` continues (its options are the defaults of the resumed run), if any."""
     if not args.resume:
@@ -243,7 +232,7 @@ def _grown(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, An
         options["phases"] = [{**phase, "levels": None} for phase in options["phases"]]
     frozen = (args.old_levels or "frozen") == "frozen"
     options["trainable_levels"] = [0] if frozen else list(range(parent_model.num_levels + 1))
-    config = TrainConfig.from_dict({**_options(options, _train_flags(args)), "progress": not args.no_progress})
+    config = TrainConfig.from_dict({**override_options(options, _train_flags(args)), "progress": not args.no_progress})
     torch.manual_seed(config.seed)  # the new level's initialisation follows --seed
     return parent_model.grow(net_options=args.new_level_net_options), parent, config
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from flowplug.data import ImageData
 from flowplug.recipes.rules import RULES, DataSummary
+from flowplug.train.config import override_options
 
 __all__ = ["DEFAULT_RECIPE", "RecipePlan", "load_recipe", "plan", "recipe", "recipes"]
 
 DEFAULT_RECIPE = "mrcnf"
-_BUDGETS = ("steps", "epochs", "minutes")
 
 
 def recipes() -> list[str]:
@@ -91,11 +91,8 @@ def plan(name: str, data: ImageData, *, model: Mapping[str, Any] | None = None,
             (spec if decision.part == "model" else options)[decision.key] = decision.value
             decisions.append({"part": decision.part, "key": decision.key, "value": decision.value,
                               "why": decision.why})
-    if any(key in train for key in _BUDGETS):
-        options = {key: value for key, value in options.items() if key not in _BUDGETS}
     spec.update(model)
-    options.update(train)
-    return RecipePlan(name, spec, options, decisions, {"model": model, "train": train})
+    return RecipePlan(name, spec, override_options(options, train), decisions, {"model": model, "train": train})
 
 
 def recipe(name: str, data: ImageData, *, model: Mapping[str, Any] | None = None,

@@ -10,10 +10,24 @@ from flowplug.train.budget import CLOCKS
 from flowplug.train.objectives import objective_spec
 from flowplug.train.phases import migrate_phase_options, normalize_phases
 
-__all__ = ["CLOCKS", "PRECISIONS", "SCHEDULES", "TrainConfig"]
+__all__ = ["BUDGETS", "CLOCKS", "PRECISIONS", "SCHEDULES", "TrainConfig", "override_options"]
 
 PRECISIONS = ("auto", "float32", "float64", "bf16")
 SCHEDULES = ("cosine", "constant")
+
+
+BUDGETS = ("steps", "epochs", "minutes")
+
+
+def override_options(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Trainer options ``base`` with ``overrides`` over them. A budget in ``overrides`` replaces the whole budget
+    of ``base`` (``--minutes 10`` drops a recipe's step budget), and a time budget alone keeps the rate constant
+    (a cosine needs a step count)."""
+    if any(key in overrides for key in BUDGETS):
+        base = {key: value for key, value in base.items() if key not in BUDGETS}
+        if "minutes" in overrides and "steps" not in overrides and "epochs" not in overrides:
+            base["schedule"] = "constant"
+    return {**base, **overrides}
 
 
 def _is_number(value: Any) -> bool:

@@ -292,19 +292,19 @@ class Trainer:
         self.budget = Budget(self.total_steps, cfg.minutes, cfg.clock, self.device)
         start_step, self._fit_started = self.step, time.monotonic()
         progress_bar = Progress(self.total_steps, self.step, cfg.progress)
+        progress = self.budget.progress(self.step)  # one reading (one decision for all processes) per step
         quarters = None if cfg.checkpoint_every is not None or self.folder is None else _QUARTERS
-        points = BudgetPoints(cfg.eval_points if val is not None else None, quarters, self.budget.progress(self.step))
-        last: dict[str, float] = {}
+        points, last = BudgetPoints(cfg.eval_points if val is not None else None, quarters, progress), {}
         try:
             for x in batches(train, cfg.batch_size, cfg.seed, self.step):
-                progress = self.budget.progress(self.step)
                 if progress >= 1.0:
                     break
                 advance_phases(self, progress)
                 with self.budget.training():
                     last = self.train_step(self._batch(x, train.n_bins))
                 progress_bar.update(last)
-                self._after_step(last, val, data_info, points, self.budget.progress(self.step))
+                progress = self.budget.progress(self.step)
+                self._after_step(last, val, data_info, points, progress)
         except (FloatingPointError, ODESolverError) as error:
             raise type(error)(f"{error}; {state.resume_hint(self)}") from error
         except KeyboardInterrupt:
