@@ -32,7 +32,7 @@ from flowplug.threads import THREADS_ENV, set_threads, wait_policy
 from flowplug.train import CheckpointError, Trainer, distributed, load_checkpoint, objectives
 from flowplug.train.budget import CLOCKS
 from flowplug.train.config import PRECISIONS, TrainConfig, override_options
-from flowplug.train.feedback import save_image_grid
+from flowplug.train.feedback import save_samples
 from flowplug.train.growth import load_parent
 from flowplug.train.run_folder import RunFolder
 from flowplug.train.splits import SPLITS, evaluation_split, training_split
@@ -298,8 +298,9 @@ def _sample(args: argparse.Namespace) -> int:
     trainer, _ = _restore(args)
     torch.manual_seed(args.seed)
     v = trainer.sample(args.num, args.temperature)
-    save_image_grid(v, out, zoom=args.zoom)
-    print(f"wrote {args.num} samples (temperature {args.temperature}) to {out}")
+    save_samples(v, out, zoom=args.zoom)
+    if out.exists():
+        print(f"wrote {args.num} samples (temperature {args.temperature}) to {out}")
     return 0
 
 

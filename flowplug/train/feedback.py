@@ -21,7 +21,7 @@ from flowplug.train.distributed import rank_zero_only, world_size
 from flowplug.train.run_folder import RunFolder
 
 __all__ = ["MAX_GRID_SIDE", "MIN_GRID_SIDE", "MetricsLogger", "Progress", "grid_zoom", "notify", "per_level_note",
-           "run_report", "save_image_grid", "write_report"]
+           "run_report", "save_image_grid", "save_samples", "write_report"]
 
 
 @rank_zero_only
@@ -159,6 +159,16 @@ def save_image_grid(v: torch.Tensor, path: str | Path, columns: int | None = Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
+
+
+def save_samples(v: torch.Tensor, path: str | Path, zoom: int | None = None) -> None:
+    """Save samples ``v`` as a grid (:func:`save_image_grid`), leaving out samples with non-finite pixels (an
+    unstable flow's inverse can overflow) and saying how many; nothing is written when none is finite."""
+    finite = torch.isfinite(v.flatten(1)).all(1)
+    if not finite.all():
+        notify(f"{int((~finite).sum())} of {len(v)} samples have non-finite pixels and are left out of {path}")
+    if finite.any():
+        save_image_grid(v[finite], path, zoom=zoom)
 
 
 def run_report(trainer: Any, last: dict[str, float], elapsed: float, steps_run: int,

@@ -33,7 +33,7 @@ from flowplug.train.config import TrainConfig
 from flowplug.train.devices import autocast, resolve_device, resolve_precision
 from flowplug.train.ema import make_ema
 from flowplug.train.evaluation import evaluate
-from flowplug.train.feedback import MetricsLogger, Progress, run_report, save_image_grid, write_report
+from flowplug.train.feedback import MetricsLogger, Progress, run_report, save_samples, write_report
 from flowplug.train.objectives import ObjectiveModule, get_objective
 from flowplug.train.phases import advance_phases, check_plan_fits
 from flowplug.train.run_folder import RunFolder
@@ -317,8 +317,8 @@ class Trainer:
             report["held_out"], report["curve"] = self._score(val), self.curve
         if self.folder is not None:
             state.save(self, data_info, report.get("held_out", {}).get("bpd"))
-            self._save_samples()
             write_report(report, self.folder)
+            self._save_samples()
             self._logger.close()
         return report
 
@@ -347,4 +347,4 @@ class Trainer:
 
     def _save_samples(self) -> None:
         v = self.sample(self.config.num_samples, self.config.temperature)
-        save_image_grid(v, self.folder.samples(self.step, self.config.temperature))
+        save_samples(v, self.folder.samples(self.step, self.config.temperature))

@@ -124,3 +124,22 @@ def test_a_grid_of_no_images_or_of_non_finite_values_is_refused_and_nothing_writ
         save_image_grid(torch.zeros(2, 1, 4, 4).index_put_((torch.tensor([0]),) * 4, torch.tensor(float("nan"))),
                         tmp_path / "nan.png")
     assert not list(tmp_path.iterdir())
+
+
+def test_samples_with_non_finite_pixels_are_left_out_of_the_grid_and_said(tmp_path, capsys):
+    v = torch.rand(4, 1, 4, 4)
+    v[1, 0, 0, 0] = float("inf")
+    feedback.save_samples(v, tmp_path / "grid.png", zoom=1)
+    assert "1 of 4 samples have non-finite pixels and are left out" in capsys.readouterr().err
+    assert Image.open(tmp_path / "grid.png").size == (2 * 5 + 1, 2 * 5 + 1)  # three images: a 2x2 grid
+    feedback.save_samples(torch.full((2, 1, 4, 4), float("nan")), tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_a_run_whose_final_samples_are_not_finite_still_writes_its_report(tiny_data, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_glow(), TrainConfig(steps=2, batch_size=8, progress=False), out_dir=tmp_path,
+                      device="cpu")
+    monkeypatch.setattr(trainer, "sample", lambda n, t=None: torch.full((n, *tiny_data.image_shape), float("nan")))
+    trainer.fit(tiny_data, tiny_data)
+    assert json.loads((tmp_path / "report.json").read_text())["steps"] == 2
+    assert not list(tmp_path.glob("samples/*.png"))
