@@ -136,7 +136,7 @@ def test_bad_flow_and_net_arguments():
         CNF(MLPODENet(2), divergence="trace")
     with pytest.raises(ValueError, match="unknown Hutchinson probe 'uniform'"):
         CNF(MLPODENet(2), probe="uniform")
-    with pytest.raises(ValueError, match="integration time T must be a positive number, got 0"):
+    with pytest.raises(ValueError, match="integration time T must be a positive finite number, got 0"):
         CNF(MLPODENet(2), T=0)
     with pytest.raises(TypeError, match=r"net must be an nn\.Module"):
         CNF(lambda t, z: z)
