@@ -59,12 +59,10 @@ class Budget:
             fractions.append(step / self.total_steps)
         if self.minutes is not None:
             fractions.append(self.spent_s / (60 * self.minutes))
+        if not distributed.is_distributed():  # no tensor, no device round trip: a plain number
+            return max(fractions)
         mine = torch.tensor(max(fractions), dtype=torch.float64, device=self.device)
         return float(distributed.all_reduce_max(mine))
-
-    def spent(self, step: int) -> bool:
-        """Whether the budget is used up at ``step``."""
-        return self.progress(step) >= 1.0
 
 
 class BudgetPoints:
