@@ -10,7 +10,6 @@ __all__ = [
     "check_image",
     "check_num_samples",
     "check_same_dtype_and_device",
-    "check_unit_range",
 ]
 
 
@@ -67,14 +66,3 @@ def check_num_samples(num_samples: object) -> None:
     """Raise ``ValueError`` unless ``num_samples`` is a positive integer (``bool`` is refused)."""
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-
-
-def check_unit_range(v: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` unless every value of ``v`` lies in ``[0, 1]`` (NaN fails): one vectorised check
-    with a single host synchronisation, whatever the size of ``v``."""
-    lo, hi = torch.stack(torch.aminmax(v.detach())).tolist()
-    if not (0.0 <= lo and hi <= 1.0):
-        raise ValueError(
-            f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; flowplug's models expect "
-            "dequantised images v = (x + u) / n_bins in [0, 1)"
-        )

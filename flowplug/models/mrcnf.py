@@ -28,7 +28,7 @@ import normflows as nf
 import torch
 from torch import nn
 
-from flowplug._checks import check_floating, check_num_samples, check_unit_range
+from flowplug._checks import check_finite, check_floating, check_num_samples
 from flowplug.asinh import AsinhStretch
 from flowplug.bin_warp import EdgeBinWarp
 from flowplug.cnf import CNF, ResODENet
@@ -360,21 +360,45 @@ class MRCNF(FlowModel):
         """``(tensor, context)`` of every level for images ``v``, after the input checks: ``(y_s, x_{s+1})``
         for the detail levels — each coarse image is the one the transform produced from ``v`` (after the
         ``bin_warp``, if any) — and
-        ``(x_{S-1}, None)`` for the coarsest. Every pixel of ``v`` must lie in ``[0, 1]`` (the logit's domain;
-        a detail level would otherwise accept images whose block means happen to fit): one vectorised check."""
+        ``(x_{S-1}, None)`` for the coarsest."""
         return self._cascade(self._warped(v)[0])
 
     def _warped(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checked images ``v`` after the bin warp (if any), and its log-determinant per image."""
+        """Images ``v`` (shape and dtype checked) after the bin warp (if any), and its log-determinant per image."""
         self.check_input(v)
-        check_unit_range(v, "v")
         return self._warp_in(v)
 
     def _cascade(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """``(y_s, x_{s+1})`` of every detail level and ``(x_{S-1}, None)`` of the coarsest."""
+        """``(y_s, x_{s+1})`` of every detail level and ``(x_{S-1}, None)`` of the coarsest, after checking that
+        the coarsest image lies in :meth:`support`'s bounds (one vectorised check, one host synchronisation)."""
         steps = haar_cascade(v, self.num_levels)
         coarsest = steps[-1][1] if steps else v
+        self._check_support(coarsest, v)
         return [*steps, (coarsest, None)]
+
+    def support(self) -> tuple[float, float]:
+        """The open interval that every pixel of the coarsest image (the ``2^(S−1)``-pixel block means of ``v``)
+        must lie in for :meth:`log_prob`: the domain ``(−α/(1 − 2α), (1 − α)/(1 − 2α))`` of the coarsest level's
+        logit. The details are unbounded, so the model's density lives on every image whose block means lie
+        there, including images with pixels outside ``[0, 1]``: :meth:`sample` draws such images at times, and
+        ``log_prob`` scores them (``log_prob(sample()[0])`` equals the sample's ``log q``). Images in ``[0, 1]``
+        always lie in the support; the mass outside ``[0, 1]`` is lost to data, so bits per dimension on data
+        are those of a density that integrates to less than 1 there (an upper bound, as with any leak)."""
+        alpha = self.levels[-1].preprocess.alpha
+        return -alpha / (1 - 2 * alpha), (1 - alpha) / (1 - 2 * alpha)
+
+    def _check_support(self, coarsest: torch.Tensor, v: torch.Tensor) -> None:
+        low, high = self.support()
+        lo, hi = torch.stack(torch.aminmax(coarsest.detach())).tolist()
+        if low < lo and hi < high:
+            return
+        check_finite(v, "v")
+        raise ValueError(
+            f"v's coarsest image ({coarsest.shape[-2]}x{coarsest.shape[-1]} block means) holds values in "
+            f"[{lo:.4g}, {hi:.4g}], outside the model's support ({low:.6g}, {high:.6g}), the domain of the "
+            "coarsest level's logit; images in [0, 1] always lie in it (flowplug's models expect dequantised "
+            "images v = (x + u) / n_bins in [0, 1))"
+        )
 
     @torch.no_grad()
     def initialize_from_data(self, v: torch.Tensor, overwrite: bool = False) -> None:

@@ -56,29 +56,28 @@ def test_log_prob_is_sum_of_level_terms_and_bits_per_dim_adds_up(tiny_cnf_option
     torch.testing.assert_close(bpd, torch.stack(model.level_bits_per_dim(v)).sum(0) + 8.0)
 
 
-def test_sample_round_trips_and_log_q_equals_log_prob(tiny_cnf_options):
+@pytest.mark.parametrize("warp", [None, {"n_bins": 4}])
+def test_samples_outside_the_unit_cube_are_scored_and_log_q_equals_log_prob(tiny_cnf_options, warp):
     torch.manual_seed(0)
-    # the conv net and logit alpha of versions before 0.3, with which a few samples land outside [0, 1]
-    options = {**tiny_cnf_options, "net": "conv_odenet", "num_layers": 2, "logit_alpha": 0.05}
+    # the conv net and logit alpha of versions before 0.3, with which many samples land outside [0, 1]
+    options = {**tiny_cnf_options, "net": "conv_odenet", "num_layers": 2, "logit_alpha": 0.05, "bin_warp": warp}
     del options["num_blocks"]
     model = perturb(MRCNF((1, 4, 4), levels=2, **options).double()).eval()
     model.initialize_from_data(images(256, (1, 4, 4)) * 0.5 + 0.25)  # samples on the data's scale, as trained
     with torch.no_grad():
         v, log_q = model.sample(64)
         assert v.shape == (64, 1, 4, 4) and v.dtype == torch.float64
-        # Sampled details are unbounded, so a few samples leave [0, 1], where log_prob refuses them (the logit's
-        # domain); the identity holds on the samples inside it.
-        inside = ((v >= 0) & (v <= 1)).flatten(1).all(1)
-        assert 5 <= int(inside.sum()) < 64
-        with pytest.raises(ValueError, match=r"v must lie in \[0, 1\]"):
-            model.log_prob(v)
-        v, log_q = v[inside][:5], log_q[inside][:5]
-        torch.testing.assert_close(log_q, model.log_prob(v), rtol=1e-6, atol=1e-6)
+        outside = ((v < 0) | (v > 1)).flatten(1).any(1)
+        assert 1 <= int(outside.sum()) < 64  # details are unbounded: the support is wider than [0, 1]
+        torch.testing.assert_close(model.log_prob(v), log_q, rtol=1e-6, atol=1e-6)
         latents, log_det = model.inverse_and_log_det(v)
-        assert [z.shape for z in latents] == [(5, 3, 2, 2), (5, 1, 2, 2)]
+        assert [z.shape for z in latents] == [(64, 3, 2, 2), (64, 1, 2, 2)]
         back, log_det_back = model.forward_and_log_det(latents)
         torch.testing.assert_close(back, v, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(log_det, -log_det_back, rtol=1e-6, atol=1e-6)
+        low, high = model.support()
+        coarse = haar_pyramid(v, 2)[1]
+        assert low < coarse.min() and coarse.max() < high
         cold, _ = model.sample(2, temperature=0.5)
         assert torch.isfinite(cold).all()
 
@@ -235,12 +234,18 @@ def test_bad_input_errors(tiny_cnf_options):
     model = MRCNF((2, 4, 4), levels=2, **tiny_cnf_options)
     with pytest.raises(ValueError, match=r"expects images of shape \(B, 2, 4, 4\), got \(1, 3, 4, 4\)"):
         model.log_prob(torch.rand(1, 3, 4, 4))
-    with pytest.raises(ValueError, match=r"v must lie in \[0, 1\], got values in \[2, 2\]"):
+    support = r"outside the model's support \(-0.001002, 1.001\), the domain of the coarsest level's logit"
+    with pytest.raises(ValueError, match=r"coarsest image \(2x2 block means\) holds values in \[2, 2\], " + support):
         model.log_prob(torch.full((1, 2, 4, 4), 2.0))
     with pytest.raises(TypeError, match="floating-point dtype"):
         model.log_prob(torch.zeros(1, 2, 4, 4, dtype=torch.uint8))
-    with pytest.raises(ValueError, match=r"v must lie in \[0, 1\], got values in \[-0.5, 1.5\]"):
-        model.log_prob(torch.full((1, 2, 4, 4), 0.5) + torch.tensor([[-1.0, 1.0], [1.0, -1.0]]).repeat(2, 2))
+    outside_unit_cube = torch.full((1, 2, 4, 4), 0.5) + torch.tensor([[-1.0, 1.0], [1.0, -1.0]]).repeat(2, 2)
+    assert torch.isfinite(model.log_prob(outside_unit_cube)).all()  # block means 0.5: inside the support
+    nan = torch.full((1, 2, 4, 4), 0.5)
+    nan[0, 1, 2, 3] = math.nan
+    with pytest.raises(ValueError, match=r"v holds 1 non-finite value\(s\) \(NaN or inf\); "
+                       r"first at index \(0, 1, 2, 3\)"):
+        model.log_prob(nan)
     with pytest.raises(ValueError, match=r"empty batch v of shape \(0, 2, 4, 4\)"):
         model.log_prob(torch.rand(0, 2, 4, 4))
     with pytest.raises(TypeError, match=r"v is torch\.float64 but MRCNF's parameters are torch\.float32"):
