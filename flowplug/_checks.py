@@ -9,6 +9,7 @@ __all__ = [
     "check_floating",
     "check_image",
     "check_num_samples",
+    "check_positive_integers",
     "check_same_dtype_and_device",
 ]
 
@@ -66,3 +67,10 @@ def check_num_samples(num_samples: object) -> None:
     """Raise ``ValueError`` unless ``num_samples`` is a positive integer (``bool`` is refused)."""
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+
+
+def check_positive_integers(**sizes: object) -> None:
+    """Raise ``ValueError`` naming the first of ``sizes`` that is not a positive integer (``bool`` is refused)."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")

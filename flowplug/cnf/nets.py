@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from flowplug._checks import check_positive_integers
 from flowplug.registry import register
 
 __all__ = ["ACTIVATIONS", "ConvODENet", "MLPODENet"]
@@ -46,12 +47,6 @@ def _activation(name: str) -> nn.Module:
         raise ValueError(
             f"unknown or non-smooth activation {name!r}; ODE nets take one of {sorted(ACTIVATIONS)}"
         ) from None
-
-
-def _check_sizes(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _time_per_sample(t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
@@ -173,7 +168,7 @@ class ConvODENet(_ODENet):
         kernel_size: int = 3,
         channels_last: bool = False,
     ) -> None:
-        _check_sizes(channels=channels, hidden_channels=hidden_channels, num_layers=num_layers,
+        check_positive_integers(channels=channels, hidden_channels=hidden_channels, num_layers=num_layers,
                      kernel_size=kernel_size)
         _check_context_size("context_channels", context_channels)
         if kernel_size % 2 == 0:
@@ -210,7 +205,7 @@ class MLPODENet(_ODENet):
         context_dim: int = 0,
         activation: str = "softplus",
     ) -> None:
-        _check_sizes(dim=dim, hidden_dim=hidden_dim, num_layers=num_layers)
+        check_positive_integers(dim=dim, hidden_dim=hidden_dim, num_layers=num_layers)
         _check_context_size("context_dim", context_dim)
         layers = [
             nn.Linear(w_in, w_out)

@@ -23,7 +23,8 @@ import math
 import torch
 from torch import nn
 
-from flowplug.cnf.nets import _activation, _check_context_size, _check_sizes, _ODENetInputs, _time_per_sample
+from flowplug._checks import check_positive_integers
+from flowplug.cnf.nets import _activation, _check_context_size, _ODENetInputs, _time_per_sample
 from flowplug.registry import register
 
 __all__ = ["ResODENet", "sinusoidal_embedding"]
@@ -89,7 +90,7 @@ class ResODENet(_ODENetInputs):
         groups: int = 8,
         activation: str = "silu",
     ) -> None:
-        _check_sizes(channels=channels, hidden_channels=hidden_channels, num_blocks=num_blocks,
+        check_positive_integers(channels=channels, hidden_channels=hidden_channels, num_blocks=num_blocks,
                      time_dim=time_dim, groups=groups)
         _check_context_size("context_channels", context_channels)
         if time_dim % 2:

@@ -21,7 +21,7 @@ import normflows as nf
 import torch
 from torch import nn
 
-from flowplug._checks import check_num_samples
+from flowplug._checks import check_num_samples, check_positive_integers
 from flowplug._normflows_components import affine_coupling_block, torch_lu_deprecation_silenced
 from flowplug.bin_warp import EdgeBinWarp
 from flowplug.models.base import FlowModel, constructor_spec
@@ -63,16 +63,13 @@ class _MultiscaleModel(FlowModel):
             raise ValueError(
                 f"image_shape must be (C, H, W) with positive sizes, got {image_shape}"
             )
-        if not isinstance(levels, int) or levels < 1:
-            raise ValueError(f"levels must be a positive integer, got {levels!r}")
+        check_positive_integers(levels=levels, depth=depth, hidden_channels=config["hidden_channels"])
         channels, height, width = image_shape
         if height % 2**levels or width % 2**levels:
             raise ValueError(
                 f"{type(self).__name__} with levels={levels} needs H and W divisible by "
                 f"{2**levels}, got image_shape {image_shape}"
             )
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {depth!r}")
         if not 0.0 <= alpha < 0.5:
             raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}")
         self.image_shape = image_shape
@@ -126,6 +123,10 @@ class _MultiscaleModel(FlowModel):
         return z, log_det + step
 
 
+SCALE_MAPS = ("sigmoid", "exp", "sigmoid_inv")
+"""The coupling scale maps of normflows' ``AffineCoupling`` (it takes any other string and fails only when run)."""
+
+
 @register("glow", kind="model")
 class Glow(_MultiscaleModel):
     """Glow (Kingma & Dhariwal 2018): per level ``depth`` GlowBlocks (affine coupling, 1x1 conv,
@@ -147,6 +148,8 @@ class Glow(_MultiscaleModel):
         bin_warp: Mapping[str, Any] | None = None,
     ) -> None:
         config = constructor_spec("glow", Glow.__init__, locals())
+        if scale_map not in SCALE_MAPS:
+            raise ValueError(f"scale_map must be one of {SCALE_MAPS}, got {scale_map!r}")
 
         def level_flows(channels: int) -> list[nn.Module]:
             with torch_lu_deprecation_silenced():

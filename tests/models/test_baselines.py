@@ -121,6 +121,9 @@ def test_normflows_log_prob_workaround_is_needed_and_works():
         ({"image_shape": [2, 4]}, ValueError, "image_shape"),
         ({"levels": 0}, ValueError, "levels"),
         ({"depth": 0}, ValueError, "depth"),
+        ({"hidden_channels": 0}, ValueError, "hidden_channels must be a positive integer, got 0"),
+        ({"hidden_channels": 2.5}, ValueError, "hidden_channels must be a positive integer, got 2.5"),
+        ({"levels": True}, ValueError, "levels must be a positive integer, got True"),
         ({"alpha": 0.5}, ValueError, "alpha"),
     ],
 )
@@ -128,6 +131,11 @@ def test_normflows_log_prob_workaround_is_needed_and_works():
 def test_bad_construction_arguments(cls, kwargs, error, match):
     with pytest.raises(error, match=match):
         cls(**{**TINY, **kwargs})
+
+
+def test_glow_refuses_a_scale_map_normflows_would_only_fail_on_when_run():
+    with pytest.raises(ValueError, match=r"scale_map must be one of \('sigmoid', 'exp', 'sigmoid_inv'\), got 'Exp'"):
+        Glow(**TINY, scale_map="Exp")
 
 
 @pytest.mark.parametrize("cls", [Glow, RealNVP])
