@@ -96,7 +96,8 @@ def test_python_dash_m(tmp_path):
         (["train", "--phases", '[{{"objective": "likelihood", "until": 0.5}}]'], "the last phase runs to the end"),
         (["train", "--holdout", "0"], r"holdout must be a fraction in \(0, 1\), got 0\.0"),
         (["train", "--config", "{extra}"], r"unknown top-level key\(s\) \['trian'\]"),
-        (["train", "--recipe", "glow", "--lr", "inf"], "lr must be a positive finite number, got inf"),
+        (["train", "--recipe", "glow", "--lr", "inf"], r"lr must be a positive number of at most 1e\+06, got inf"),
+        (["train", "--recipe", "glow", "--lr", "1e308"], r"lr must be a positive number of at most 1e\+06, got 1e\+308"),
         (["train", "--recipe", "glow", "--objective", "flow_matching"],
          "phases.0.: the flow_matching objective trains CNFs and glow has none; train it with the likelihood "
          "objective"),

@@ -120,16 +120,32 @@ class Checkpoint:
             raise CheckpointError(f"{source} has unknown entries {unknown}")
         checkpoint = cls(**state)
         _check_types(checkpoint, source)
+        _check_trainer_config(checkpoint, source)
         return checkpoint
 
 
 def _check_types(checkpoint: Checkpoint, source: str) -> None:
-    kinds = {"model_config": dict, "model": dict, "step": int, "data": dict, "phase": int, "phase_starts": list,
-             "skipped_steps": int, "resumes": list}
+    kinds = {"model_config": (dict,), "model": (dict,), "step": (int,), "data": (dict,), "phase": (int,),
+             "phase_starts": (list,), "skipped_steps": (int,), "resumes": (list,),
+             "trainer_config": (dict, type(None)), "parent": (dict, type(None))}
     for name, kind in kinds.items():
         value = getattr(checkpoint, name)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise CheckpointError(f"{source}: {name} should be a {kind.__name__}, got {type(value).__name__}")
+            expected = " or ".join("null" if k is type(None) else k.__name__ for k in kind)
+            raise CheckpointError(f"{source}: {name} should be a {expected}, got {type(value).__name__}")
+
+
+def _check_trainer_config(checkpoint: Checkpoint, source: str) -> None:
+    """The stored trainer options must make a valid :class:`~flowplug.train.config.TrainConfig` (every command
+    that reads a checkpoint refuses a damaged or forged plan, not only a resume)."""
+    from flowplug.train.config import TrainConfig
+
+    if checkpoint.trainer_config is None:
+        return
+    try:
+        TrainConfig.from_dict(dict(checkpoint.trainer_config))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: its trainer_config is not valid: {error}") from None
 
 
 def _older_mrcnf_net(config: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 from flowplug.train.budget import CLOCKS
 from flowplug.train.objectives import objective_spec
-from flowplug.train.phases import migrate_phase_options, normalize_phases
+from flowplug.train.phases import check_learning_rate, migrate_phase_options, normalize_phases
 
 __all__ = ["BUDGETS", "CLOCKS", "PRECISIONS", "SCHEDULES", "TrainConfig", "override_options"]
 
@@ -101,7 +101,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("epochs", "minutes", "lr", "temperature", "grad_clip"):
+        check_learning_rate(self.lr, "lr")
+        for name in ("epochs", "minutes", "temperature", "grad_clip"):
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not 0 < value < math.inf):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")

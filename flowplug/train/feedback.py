@@ -194,7 +194,7 @@ def run_report(trainer: Any, last: dict[str, float], elapsed: float, steps_run: 
         "data": data_info,
     }
     if trainer.parent is not None:
-        report["grown_from"] = {key: trainer.parent[key] for key in ("checkpoint", "step", "sha256")}
+        report["grown_from"] = {key: trainer.parent.get(key) for key in ("checkpoint", "step", "sha256")}
     return report
 
 

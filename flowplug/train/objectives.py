@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowplug.cnf.coupling import COUPLINGS, TIME_OPTIONS, TIME_SAMPLINGS, sample_times
 from flowplug.data import Batch
 from flowplug.losses import collect_extra_losses
 from flowplug.metrics import bits_per_dim
@@ -122,9 +123,32 @@ def objective_spec(objective: str | Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
+    if spec["type"] == "flow_matching":
+        _check_flow_matching_options(**params)
 def check_objective_fits(objective: Mapping[str, Any], model: FlowModel, where: str = "objective") -> None:
     """Raise ``ValueError`` when ``objective`` (a spec) cannot train ``model``: flow matching trains CNFs only."""
     if objective["type"] == "flow_matching" and not model.is_continuous:
+def _check_flow_matching_options(
+    sigma: float = 1e-4, coupling: str = "independent", time_sampling: str = "uniform",
+    time_options: dict[str, float] | None = None,
+) -> None:
+    """Refuse values of :func:`flow_matching`'s options when the spec is made (a config, a checkpoint), not at the
+    first training step; the option values of the time law are checked by drawing one time."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0.0 <= sigma < 1.0:
+        raise ValueError(f"flow_matching: sigma must lie in [0, 1), got {sigma!r}")
+    if coupling not in COUPLINGS:
+        raise ValueError(f"flow_matching: unknown coupling {coupling!r}; choose one of {COUPLINGS}")
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"flow_matching: unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+    if time_options is not None and not isinstance(time_options, Mapping):
+        raise ValueError(f"flow_matching: time_options must be a dict, got {time_options!r}")
+    unread = sorted(set(time_options or {}) - set(TIME_OPTIONS[time_sampling]))
+    if unread:
+        raise ValueError(f"flow_matching: time_options {unread} do not apply to time_sampling {time_sampling!r} "
+                         f"(its options: {list(TIME_OPTIONS[time_sampling])})")
+    sample_times(time_sampling, 1, **(time_options or {}))
+
+
         kind = (model.config or {}).get("type", type(model).__name__)
         raise ValueError(f"{where}: the flow_matching objective trains CNFs and {kind} has none; train it with "
                          "the likelihood objective")

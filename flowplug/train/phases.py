@@ -23,7 +23,6 @@ of the two when both are given. Phase ends, evaluation points and the default ch
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +34,22 @@ if TYPE_CHECKING:
     from flowplug.models.base import FlowModel
     from flowplug.train.trainer import Trainer
 
-__all__ = ["PHASE_KEYS", "advance_phases", "check_plan_fits", "migrate_phase_options", "normalize_phases",
-           "phase_over"]
+__all__ = ["MAX_LR", "PHASE_KEYS", "advance_phases", "check_learning_rate", "check_plan_fits",
+           "migrate_phase_options", "normalize_phases", "phase_over"]
 
 PHASE_KEYS = ("objective", "until", "lr", "levels")
 """The keys a phase may hold."""
+
+
+MAX_LR = 1e6
+"""The largest learning rate a run or phase accepts: beyond it an optimiser step moves each weight by more than a
+million (Adam's steps are about ``lr`` per weight), and near float32's range torch's optimisers fail outright."""
+
+
+def check_learning_rate(lr: Any, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``lr`` is a number in ``(0, MAX_LR]``."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= MAX_LR:
+        raise ValueError(f"{name} must be a positive number of at most {MAX_LR:g}, got {lr!r}")
 
 
 def _check_levels(levels: Any, where: str) -> list[int] | None:
@@ -88,8 +98,8 @@ def normalize_phases(phases: Sequence[Mapping[str, Any]] | None, objective: Any)
         if not last and phase.get("until") is None:
             raise ValueError(f"{where} needs an 'until' (a fraction of the budget, or {{'step': N}})")
         lr = phase.get("lr")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
-            raise ValueError(f"{where}.lr must be a positive finite number, got {lr!r}")
+        if lr is not None:
+            check_learning_rate(lr, f"{where}.lr")
         plan.append({
             "objective": objective_spec(phase["objective"]),
             "until": None if last else _check_until(phase["until"], f"{where}.until"),

@@ -50,10 +50,15 @@ def changed_options(saved: dict[str, Any], config: TrainConfig) -> dict[str, lis
     return changes
 
 
-def check_data(trainer: Trainer, train: ImageData) -> dict[str, Any]:
-    """The description of ``train`` for checkpoints, after checking that the model and config fit it; sets the
-    trainer's step budget from an epoch budget."""
+def check_data(trainer: Trainer, train: ImageData, val: ImageData | None = None) -> dict[str, Any]:
+    """The description of ``train`` for checkpoints, after checking that the model and config fit it and that
+    ``val`` holds images of the same shape and ``n_bins`` (bits per dimension of other bins would not be
+    comparable); sets the trainer's step budget from an epoch budget."""
     cfg, model = trainer.config, trainer.model
+    if val is not None and (val.image_shape, val.n_bins) != (train.image_shape, train.n_bins):
+        raise ValueError(f"the validation data ({val.name}: images {val.image_shape}, n_bins={val.n_bins}) must "
+                         f"match the training data ({train.name}: images {train.image_shape}, "
+                         f"n_bins={train.n_bins})")
     if tuple(model.image_shape) != train.image_shape:
         raise ValueError(f"the model expects images of shape {tuple(model.image_shape)}, "
                          f"the data has {train.image_shape}")

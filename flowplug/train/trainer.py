@@ -278,7 +278,7 @@ class Trainer:
         folder) and says how to resume before ``KeyboardInterrupt`` goes on.
         """
         cfg = self.config
-        data_info = state.check_data(self, train)
+        data_info = state.check_data(self, train, val)
         if self.folder is not None and not resume:
             self.folder.claim(overwrite)
             distributed.barrier()  # every rank has looked at the folder before rank 0 writes to it

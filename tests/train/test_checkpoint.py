@@ -131,6 +131,12 @@ def _raw(checkpoint: Checkpoint, **changes) -> dict:
         ({"surprise": 1}, r"has unknown entries \['surprise'\]"),
         ({"step": 1.5}, "step should be an? int, got float"),
         ({"format": "flowplug-checkpoint-v3"}, "not a flowplug checkpoint"),
+        ({"parent": "elsewhere"}, "parent should be a dict or null, got str"),
+        ({"trainer_config": {"steps": 2, "objective": {"type": "flow_matching", "coupling": "__import__('os')"}}},
+         r"its trainer_config is not valid: flow_matching: unknown coupling \"__import__\('os'\)\""),
+        ({"trainer_config": {"steps": 2, "objective": {"type": "flow_matching", "time_sampling": "uniform; rm"}}},
+         "its trainer_config is not valid: flow_matching: unknown time_sampling 'uniform; rm'"),
+        ({"trainer_config": {"steps": 2, "lr": 1e308}}, "its trainer_config is not valid: lr must be a positive"),
     ],
 )
 def test_newer_unknown_and_ill_typed_checkpoints_are_refused(tmp_path, changes, match):

@@ -4,6 +4,7 @@ clock, evaluation points, default checkpoints, rates."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -51,6 +52,16 @@ def test_fit_refuses_a_bin_warp_for_another_bin_count(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=f"bin_warp is for n_bins={tiny_data.n_bins + 1} but the data has "
                                          f"n_bins={tiny_data.n_bins}"):
         trainer.fit(tiny_data)
+
+
+@pytest.mark.parametrize(("n_bins", "shape"), [(256, (2, 4, 4)), (4, (2, 8, 8))])
+def test_fit_refuses_validation_data_of_other_bins_or_shape(tiny_data, tmp_path, n_bins, shape):
+    val = ImageData(torch.zeros(8, *shape, dtype=torch.uint8), n_bins, "other")
+    trainer = Trainer(tiny_glow(), TrainConfig(steps=1, **FAST), out_dir=tmp_path, device="cpu")
+    with pytest.raises(ValueError, match=re.escape(f"the validation data (other: images {shape}, n_bins={n_bins}) "
+                                                   "must match the training data (tiny: images (2, 4, 4), n_bins=4)")):
+        trainer.fit(tiny_data, val)
+    assert not (tmp_path / "config.json").exists()  # refused before the folder was claimed
 
 
 def _run(folder, data, steps, resume=False):
@@ -143,11 +154,18 @@ def test_evaluate_matches_log_prob_and_levels_sum(tiny_data):
         ({"steps": 5, "objective": "nope"}, "objective"),
         ({"steps": 5, "ema_decay": 1.0}, "ema_decay"),
         ({"steps": 5, "clock": "cpu"}, "clock"),
-        ({"steps": 5, "lr": float("inf")}, "lr must be a positive finite number, got inf"),
+        ({"steps": 5, "lr": float("inf")}, r"lr must be a positive number of at most 1e\+06, got inf"),
         ({"steps": True}, "steps must be a positive integer, got True"),
         ({"steps": 5, "hflip": "false"}, "hflip must be true or false, got 'false'"),
-        ({"steps": 5, "lr": "1e-3"}, "lr must be a positive finite number, got '1e-3'"),
+        ({"steps": 5, "lr": "1e-3"}, r"lr must be a positive number of at most 1e\+06, got '1e-3'"),
         ({"steps": 5, "warmup_steps": 2.5}, r"warmup_steps must be an integer >= 0, got 2\.5"),
+        ({"steps": 5, "objective": {"type": "flow_matching", "coupling": "OT"}},
+         r"flow_matching: unknown coupling 'OT'; choose one of \('independent', 'ot'\)"),
+        ({"steps": 5, "objective": {"type": "flow_matching", "sigma": 1.5}}, r"sigma must lie in \[0, 1\), got 1\.5"),
+        ({"steps": 5, "objective": {"type": "flow_matching", "time_sampling": "power", "time_options": {"loc": 1}}},
+         r"time_options \['loc'\] do not apply to time_sampling 'power' \(its options: \['power'\]\)"),
+        ({"steps": 5, "objective": {"type": "flow_matching", "time_sampling": "power", "time_options": {"power": -1}}},
+         "power must be positive, got -1"),
         ({"steps": 5, "weight_decay": 1e30}, r"weight_decay must lie in \[0, 1\), got 1e\+30"),
         ({"steps": 5, "tensorboard": "no"}, "tensorboard must be true, false or null"),
     ],
@@ -179,9 +197,9 @@ FM_THEN_LIKELIHOOD = [{"objective": "flow_matching", "until": 0.5}, {"objective"
         ([{"objective": "flow_matching", "until": {"step": 2, "minutes": 1}}, {"objective": "likelihood"}],
          r"phases\[0\].until must be"),
         ([FM_THEN_LIKELIHOOD[0], {"objective": "likelihood", "lr": 0.0}],
-         r"phases\[1\].lr must be a positive finite number, got 0.0"),
+         r"phases\[1\].lr must be a positive number of at most 1e\+06, got 0.0"),
         ([FM_THEN_LIKELIHOOD[0], {"objective": "likelihood", "lr": float("nan")}],
-         r"phases\[1\].lr must be a positive finite number, got nan"),
+         r"phases\[1\].lr must be a positive number of at most 1e\+06, got nan"),
         ([FM_THEN_LIKELIHOOD[0], {"objective": "likelihood", "lr": True}], r"phases\[1\].lr must be"),
         ([{"objective": "flow_matching", "until": 0.6}, {"objective": "flow_matching", "until": 0.4},
           {"objective": "likelihood"}], "must increase"),
@@ -235,7 +253,7 @@ def test_older_phase_options_become_a_plan():
         ({"steps": 5, "objective": "flow_matching", "likelihood_minutes": 0.5},
          r"less than the minutes budget \(minutes=None\)"),
         ({"steps": 5, "objective": "flow_matching", "likelihood_after": 2, "likelihood_lr": 0.0},
-         r"phases\[1\].lr must be a positive finite number"),
+         r"phases\[1\].lr must be a positive number"),
         ({"steps": 5, "objective": "flow_matching", "likelihood_after": 2, "likelihood_levels": []},
          r"phases\[1\].levels must be a non-empty list"),
         ({"steps": 5, "likelihood_after": 2, "phases": FM_THEN_LIKELIHOOD}, "give the plan once"),
