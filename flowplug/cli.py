@@ -32,6 +32,7 @@ from flowplug.threads import THREADS_ENV, set_threads, wait_policy
 from flowplug.train import CheckpointError, Trainer, distributed, load_checkpoint, objectives
 from flowplug.train.budget import CLOCKS
 from flowplug.train.config import PRECISIONS, TrainConfig, override_options
+from flowplug.train.evaluation import cnf_settings
 from flowplug.train.feedback import save_samples
 from flowplug.train.growth import load_parent
 from flowplug.train.run_folder import RunFolder
@@ -297,19 +298,31 @@ def _sample(args: argparse.Namespace) -> int:
     _check_out(out, folder=False)
     trainer, _ = _restore(args)
     torch.manual_seed(args.seed)
-    v = trainer.sample(args.num, args.temperature)
+    with _solver(args, trainer):
+        v = trainer.sample(args.num, args.temperature)
     save_samples(v, out, zoom=args.zoom)
     if out.exists():
         print(f"wrote {args.num} samples (temperature {args.temperature}) to {out}")
     return 0
 
 
+def _solver(args: argparse.Namespace, trainer: Trainer) -> typing.ContextManager[None]:
+    """The CNFs' solver of a sample/evaluate/ood command: ``--steps`` (a fixed rk4 grid) or ``--tolerance`` (the
+    adaptive solver's), else the checkpoint's own evaluation solver."""
+    return cnf_settings(trainer.eval_model(), steps=args.steps, tolerance=args.tolerance)
+
+
+def _solver_record(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in ("steps", "tolerance") if getattr(args, key) is not None}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     trainer, checkpoint = _restore(args)
     data = evaluation_split(checkpoint, args.data, args.split, holdout=args.holdout, seed=args.seed,
                             root=args.data_root, size=args.size, channels=args.channels)
-    result = trainer.evaluate(data)
-    print(json.dumps({"data": data.name, "step": checkpoint.step, **result}, indent=2))
+    with _solver(args, trainer):
+        result = trainer.evaluate(data)
+    print(json.dumps({"data": data.name, "step": checkpoint.step, **_solver_record(args), **result}, indent=2))
     _check_finite(result["bpd"], f"the checkpoint's BPD on {data.name}")
     return 0
 
@@ -336,11 +349,12 @@ def _ood(args: argparse.Namespace) -> int:
         sets = [d.first(args.max_images) for d in sets]
     seed = args.score_seed if args.score_seed is not None else trainer.config.seed
     batch_size = args.batch_size if args.batch_size is not None else trainer.config.eval_batch_size
-    scores = [score_images(trainer.eval_model(), d, per_level=args.per_level, trace=args.trace,
-                           probes=args.probes, seed=seed, batch_size=batch_size, dtype=trainer.dtype,
-                           device=trainer.device) for d in sets]
+    with _solver(args, trainer):
+        scores = [score_images(trainer.eval_model(), d, per_level=args.per_level, trace=args.trace,
+                               probes=args.probes, seed=seed, batch_size=batch_size, dtype=trainer.dtype,
+                               device=trainer.device) for d in sets]
     info = {"checkpoint": str(args.checkpoint), "step": checkpoint.step, "trace": args.trace,
-            "probes": args.probes, "seed": seed, "batch_size": batch_size, "splits": splits}
+            "probes": args.probes, "seed": seed, "batch_size": batch_size, "splits": splits, **_solver_record(args)}
     print(write_report(scores, out, info))
     print(f"wrote scores.csv, summary.json, auroc.md and histograms.png to {out}")
     return 0
@@ -432,6 +446,13 @@ def _parser() -> argparse.ArgumentParser:
                              help="sampling seed" if name == "sample" else
                              "split seed (default: the checkpoint's)")
         command.set_defaults(run=run)
+        solver = command.add_mutually_exclusive_group()
+        solver.add_argument("--steps", type=int, metavar="N",
+                            help="solve each CNF on a fixed grid of N rk4 steps (4N function evaluations per "
+                                 "level) instead of the checkpoint's adaptive solver: faster, within the error "
+                                 "docs/benchmarks.md measures")
+        solver.add_argument("--tolerance", type=float, metavar="TOL",
+                            help="the adaptive solver's atol = rtol (default: the checkpoint's, 1e-5 for mrcnf)")
         if name == "sample":
             command.add_argument("--num", type=int, default=64)
             command.add_argument("--temperature", type=float, default=1.0)

@@ -12,9 +12,10 @@ import torch
 
 from flowplug import MRCNF
 from flowplug.cnf import CNF
+from flowplug.cnf.solver import SolverSettings
 from flowplug.data import ImageData
 from flowplug.ood import ImageScores, auroc, auroc_table, score_images, write_report
-from flowplug.train.evaluation import cnf_settings, evaluate, evaluation_inputs
+from flowplug.train.evaluation import cnf_settings, count_nfe, evaluate, evaluation_inputs
 
 SOLVER = {"method": "rk4", "step_size": 0.5}
 
@@ -81,6 +82,18 @@ def test_cnf_settings_sets_and_restores_every_cnfs_evaluation_trace_and_toleranc
             pass
     with pytest.raises(ValueError, match="tolerance must lie in"):
         with cnf_settings(model, tolerance=0.0):
+            pass
+    with cnf_settings(model, steps=6):
+        assert {m.eval_solver for m in cnfs} == {SolverSettings("rk4", steps=6)}
+        model.eval()
+        with torch.no_grad():
+            model.log_prob(torch.rand(2, *model.image_shape, dtype=torch.float64))
+        assert count_nfe(model) == len(cnfs) * 4 * 6
+    assert [m.eval_solver for m in cnfs] == solvers
+    for kwargs, match in (({"steps": 0}, "steps must be an integer from 1 to 1000, got 0"),
+                          ({"steps": 4, "tolerance": 1e-3}, "not both"),
+                          ({"steps": 4, "method": "dopri5"}, "method must be a fixed-step method")):
+        with pytest.raises(ValueError, match=match), cnf_settings(model, **kwargs):
             pass
 
 

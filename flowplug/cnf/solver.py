@@ -10,6 +10,7 @@ settings and suggests a remedy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -65,6 +66,9 @@ class SolverSettings:
     rtol: float = 1e-5
     step_size: float | None = None
     options: Mapping[str, Any] | None = field(default=None, hash=False)
+    steps: int | None = None
+    """Fixed-step methods: solve in exactly this many equal steps (instead of ``step_size``, whose grid gains a
+    step when the interval is not a float multiple of it)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,11 +80,17 @@ class SolverSettings:
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"solver {name} must be a positive number, got {value!r}")
         fixed = self.method in FIXED_STEP_METHODS
-        if fixed and self.step_size is None:
+        if fixed and (self.step_size is None) == (self.steps is None):
             raise ValueError(
-                f"fixed-step solver {self.method!r} needs step_size (e.g. step_size=0.25); "
-                "without it torchdiffeq would take a single step over the whole interval"
+                f"fixed-step solver {self.method!r} needs step_size (e.g. step_size=0.25) or steps (e.g. steps=8), "
+                "one of them; without either torchdiffeq would take a single step over the whole interval"
             )
+        if self.steps is not None:
+            if not fixed:
+                raise ValueError(f"steps applies only to fixed-step methods {sorted(FIXED_STEP_METHODS)}; "
+                                 f"adaptive method {self.method!r} takes atol/rtol")
+            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not self.steps >= 1:
+                raise ValueError(f"solver steps must be a positive integer, got {self.steps!r}")
         if self.step_size is not None:
             if not fixed:
                 raise ValueError(
@@ -118,24 +128,36 @@ class SolverSettings:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (the inverse of :meth:`coerce`), for specs and logs."""
+        """Plain-data form (the inverse of :meth:`coerce`), for specs and logs; ``steps`` only when set, so the
+        specs of settings without it read as before it existed."""
         out = asdict(self)
         out["options"] = dict(self.options) if self.options is not None else None
+        if self.steps is None:
+            del out["steps"]
         return out
 
     def describe(self) -> str:
         """One line for error messages: method and the settings that control it."""
+        if self.steps is not None:
+            return f"method={self.method!r}, steps={self.steps}"
         if self.method in FIXED_STEP_METHODS:
             return f"method={self.method!r}, step_size={self.step_size}"
         return f"method={self.method!r}, atol={self.atol}, rtol={self.rtol}"
 
     def odeint_kwargs(self) -> dict[str, Any]:
         options = dict(self.options or {})
-        if self.step_size is not None:
+        if self.steps is not None:
+            options["grid_constructor"] = functools.partial(_even_grid, steps=self.steps)
+        elif self.step_size is not None:
             options["step_size"] = self.step_size
         elif self.method not in FIXED_STEP_METHODS:
             options.setdefault("max_num_steps", MAX_ADAPTIVE_STEPS)
         return {"method": self.method, "atol": self.atol, "rtol": self.rtol, "options": options}
+
+
+def _even_grid(func: Any, y0: torch.Tensor, t: torch.Tensor, *, steps: int) -> torch.Tensor:
+    """torchdiffeq's ``grid_constructor``: ``steps`` equal steps from ``t[0]`` to ``t[-1]``."""
+    return torch.linspace(float(t[0]), float(t[-1]), steps + 1, dtype=t.dtype, device=t.device)
 
 
 DEFAULT_SOLVER = SolverSettings()

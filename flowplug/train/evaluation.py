@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from flowplug.cnf.flow import CNF, DIVERGENCES
+from flowplug.cnf.solver import FIXED_STEP_METHODS, MAX_ADAPTIVE_STEPS, SolverSettings
 from flowplug.data import ImageData, dequantize
 from flowplug.metrics import bits_per_dim, level_bits_per_dim
 from flowplug.models.base import FlowModel
@@ -40,14 +41,25 @@ def evaluation_inputs(data: ImageData, seed: int, dtype: torch.dtype = torch.flo
 
 
 @contextlib.contextmanager
-def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float | None = None) -> Iterator[None]:
-    """Within the block, every CNF of ``model`` evaluates with the ``trace`` divergence and/or its evaluation
-    solver at ``atol = rtol = tolerance``; the settings are restored after."""
+def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float | None = None,
+                 steps: int | None = None, method: str = "rk4") -> Iterator[None]:
+    """Within the block, every CNF of ``model`` evaluates and samples with the ``trace`` divergence and/or its
+    evaluation solver at ``atol = rtol = tolerance``, or on a fixed grid of ``steps`` equal steps of the
+    fixed-step ``method`` over its ``[0, T]`` (``4 · steps`` function evaluations per solve with ``"rk4"``); the
+    settings are restored after."""
     if trace is not None and trace not in DIVERGENCES:
         raise ValueError(f"unknown trace {trace!r}; expected one of {DIVERGENCES}")
     if tolerance is not None and (isinstance(tolerance, bool) or not 0 < tolerance < 1):
         raise ValueError(f"tolerance must lie in (0, 1), got {tolerance!r}")
     cnfs = [m for m in model.modules() if isinstance(m, CNF)]
+    if steps is not None:
+        if tolerance is not None:
+            raise ValueError("give a tolerance (adaptive solver) or steps (fixed grid), not both")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_ADAPTIVE_STEPS:
+            raise ValueError(f"steps must be an integer from 1 to {MAX_ADAPTIVE_STEPS}, got {steps!r}")
+        if method not in FIXED_STEP_METHODS:
+            raise ValueError(f"method must be a fixed-step method, one of {sorted(FIXED_STEP_METHODS)}, "
+                             f"got {method!r}")
     saved = [(m.eval_divergence, m.eval_solver) for m in cnfs]
     for m in cnfs:
         if trace is not None:
@@ -55,6 +67,8 @@ def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float
         if tolerance is not None:
             m.eval_solver = dataclasses.replace(m.eval_solver, atol=tolerance, rtol=tolerance)
     try:
+        if steps is not None:
+            m.eval_solver = SolverSettings(method=method, steps=steps)
         yield
     finally:
         for m, (divergence, solver) in zip(cnfs, saved, strict=True):
