@@ -49,9 +49,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import flowplug  # noqa: F401  (before torch: flowplug chooses the OpenMP wait policy)
+
+# isort: split
+
+import torch
 
 # smoke-test sizes for --quick (budget, evaluation sizes); the models stay the recipes'
 _QUICK = {"minutes": 0.2, "eval_images": 16, "curve_images": 8, "checkpoints": 2,

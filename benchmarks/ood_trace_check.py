@@ -19,6 +19,10 @@ import json
 import math
 import time
 
+import flowplug  # noqa: F401  (before torch: flowplug chooses the OpenMP wait policy)
+
+# isort: split
+
 import torch
 
 from flowplug.ood import score_images

@@ -27,9 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flowplug  # noqa: F401  (thread policy before torch)
+
+# isort: split
+
 import torch
 
-import flowplug  # noqa: F401  (thread policy before torch)
 from flowplug.threads import set_threads
 from flowplug.train import load_checkpoint
 from flowplug.train.checkpoint import build_model
