@@ -10,9 +10,12 @@ plan of its own; it only chooses the data split, the budget and what to measure.
 
 Protocol (what the figures mean):
 
-- **Split.** The last ``--holdout`` images of the data set (1,000 by default) are held out and never
-  trained on; the final BPD is the mean over the first ``--eval-images`` of them. A data set with its own
-  held-out images (``crops<SIZE>``) trains on all its training images and scores its own held-out ones.
+- **Split.** ``--split random`` (the default) holds out the images ``flowplug train --data`` holds out: a random
+  10 % chosen by ``--seed`` (:func:`flowplug.train.splits.training_split`), so the harness and the command line
+  score the same images; ``--split last`` holds out the last ``--holdout`` images (1,000 by default; the
+  protocol of the tables measured up to 2026-12-06). Held-out images are never trained on; the final
+  BPD is the mean over all of them, or over the first ``--eval-images``. A data set with its own held-out images
+  (``crops<SIZE>``) trains on all its training images and scores its own held-out ones.
 - **Budget and curve.** Each model trains for ``--minutes`` on the budget clock (``--clock process``: CPU
   seconds of its process); time in evaluations does not count (:mod:`flowplug.train.budget`). The first
   ``--curve-images`` held-out images are scored at ``--checkpoints`` evenly spaced points of the budget
@@ -73,7 +76,8 @@ def build_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name in args.recipes:
         load_recipe(name)  # an unknown name fails here, naming the recipes
     return [{
-        "name": name, "data": args.data, "holdout": args.holdout, "eval_images": args.eval_images,
+        "name": name, "data": args.data, "split": args.split, "holdout": args.holdout,
+        "eval_images": args.eval_images,
         "curve_images": args.curve_images, "checkpoints": args.checkpoints, "minutes": args.minutes,
         "clock": args.clock, "threads": args.threads, "device": args.device, "sample_images": args.sample_images,
         "loose_tol": args.loose_tol, "seed": args.seed, "train": args.train, "model": args.model_options,
@@ -120,13 +124,14 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 
 def split_data(job: dict[str, Any]) -> tuple[Any, Any]:
-    """``(training images, held-out images)`` of the job's data set: the last ``holdout`` images are held out,
-    or the set's own held-out part."""
+    """``(training images, held-out images)`` of the job's data set: the command line's random split, or the last
+    ``holdout`` images, or the set's own held-out part."""
     from flowplug.data import ImageData, has_own_held_out, load_dataset
+    from flowplug.train.splits import training_split
 
     data = load_dataset(job["data"])
-    if has_own_held_out(job["data"]):
-        return data, load_dataset(job["data"], train=False)
+    if has_own_held_out(job["data"]) or job["split"] == "random":
+        return training_split(job["data"], data, seed=job["seed"])
     if not 0 < job["holdout"] < len(data):
         raise ValueError(f"--holdout {job['holdout']} must lie between 0 and the {len(data)} images of {job['data']}")
     return (ImageData(data.x[: -job["holdout"]], data.n_bins, f"{data.name}[train]"),
@@ -141,9 +146,10 @@ def run_model(job: dict[str, Any]) -> dict[str, Any]:
 
     started = time.monotonic()
     train, held = split_data(job)
-    if max(job["eval_images"], job["curve_images"]) > len(held):
+    if max(job["eval_images"] or 0, job["curve_images"]) > len(held):
         raise ValueError(f"--eval-images and --curve-images must not exceed the {len(held)} held-out images")
-    evaluation, curve_set = held.first(job["eval_images"]), held.first(job["curve_images"])
+    evaluation = held if job["eval_images"] is None else held.first(job["eval_images"])
+    curve_set = held.first(job["curve_images"])
     fitted = plan(job["name"], train, model=job["model"].get(job["name"]), train={
         "minutes": job["minutes"], "clock": job["clock"], "seed": job["seed"], "eval_points": job["checkpoints"],
         "progress": False, "tensorboard": False, **job["train"]})
@@ -296,10 +302,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(fair when the cores are shared)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per model process")
     parser.add_argument("--parallel", type=int, default=1, help="model processes at once")
+    parser.add_argument("--split", choices=("random", "last"), default="random",
+                        help="random (default): hold out the images flowplug train holds out (10 %%, by --seed); "
+                             "last: the last --holdout images")
     parser.add_argument("--holdout", type=int, default=1000,
-                        help="the last HOLDOUT images are held out (never trained on)")
-    parser.add_argument("--eval-images", type=int, default=300,
-                        help="final BPD over the first EVAL_IMAGES held-out images")
+                        help="with --split last: the last HOLDOUT images are held out (never trained on)")
+    parser.add_argument("--eval-images", type=int,
+                        help="final BPD over the first EVAL_IMAGES held-out images (default: all of them)")
     parser.add_argument("--curve-images", type=int, default=100,
                         help="held-out images scored at each checkpoint and in the tolerance check")
     parser.add_argument("--checkpoints", type=int, default=4,
@@ -326,9 +335,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     for name in ("threads", "parallel", "holdout", "eval_images", "curve_images", "checkpoints",
                  "sample_images"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.eval_images > args.holdout or args.curve_images > args.holdout:
+    if args.split == "last" and max(args.eval_images or 0, args.curve_images) > args.holdout:
         parser.error("--eval-images and --curve-images must not exceed --holdout")
     if not args.minutes > 0:
         parser.error("--minutes must be positive")
