@@ -239,6 +239,9 @@ def _grown(args: argparse.Namespace, data: ImageData) -> tuple[Any, dict[str, An
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.removed_model is not None:
+        raise ValueError(f"--model was replaced by --recipe NAME (`flowplug recipes` lists them; got "
+                         f"{args.removed_model!r}), --model-options JSON or --config FILE naming any registered model")
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     _check_growth_flags(args)
@@ -405,6 +408,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--recipe", help=f"a recipe of `flowplug recipes` (default {DEFAULT_RECIPE}, fitted to "
                                         "--data; a resume: the run's own model and options)")
     which.add_argument("--config", help="JSON file with a 'model' spec and 'train' options")
+    train.add_argument("--model", dest="removed_model", help=argparse.SUPPRESS)  # named by versions before 0.3
     which.add_argument("--grow-from", metavar="RUN_OR_CHECKPOINT",
                        help="grow a trained MRCNF (a checkpoint, or a run folder's newest checkpoint) by a finer "
                             "level and train it on --data of twice its image size; the parent run's options "

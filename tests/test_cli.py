@@ -97,6 +97,8 @@ def test_python_dash_m(tmp_path):
          r"trainable_levels needs a multi-level model, Glow has no levels"),
         (["train", "--phases", '[{{"objective": "likelihood", "until": 0.5}}]'], "the last phase runs to the end"),
         (["train", "--holdout", "0"], r"holdout must be a fraction in \(0, 1\), got 0\.0"),
+        (["train", "--model", "glow"], r"--model was replaced by --recipe NAME .* got 'glow'\)"),
+        (["train", "--model", ""], r"--model was replaced by --recipe NAME .* got ''\)"),
         (["train", "--config", "{extra}"], r"unknown top-level key\(s\) \['trian'\]"),
         (["train", "--recipe", "glow", "--lr", "inf"], r"lr must be a positive number of at most 1e\+06, got inf"),
         (["train", "--recipe", "glow", "--lr", "1e308"], r"at most 1e\+06, got 1e\+308"),
