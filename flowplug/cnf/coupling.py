@@ -32,14 +32,14 @@ __all__ = ["COUPLINGS", "TIME_OPTIONS", "TIME_SAMPLINGS", "ot_pairing", "sample_
 
 COUPLINGS = ("independent", "ot")
 TIME_SAMPLINGS = ("uniform", "stratified", "logit_normal", "power")
+TIME_OPTIONS = {"uniform": (), "stratified": (), "logit_normal": ("loc", "scale"), "power": ("power",)}
+"""The options of :func:`sample_times` that each time law reads (the others would be ignored)."""
 
 
 def transport_cost(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Matrix of squared distances ``C[i, j] = ‖x_i − noise_j‖²`` (rows flattened), float64."""
     a = x.detach().flatten(1).double()
     b = noise.detach().flatten(1).double()
-TIME_OPTIONS = {"uniform": (), "stratified": (), "logit_normal": ("loc", "scale"), "power": ("power",)}
-"""The options of :func:`sample_times` that each time law reads (the others would be ignored)."""
     return torch.cdist(a, b).pow(2)
 
 

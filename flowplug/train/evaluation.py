@@ -51,7 +51,6 @@ def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float
         raise ValueError(f"unknown trace {trace!r}; expected one of {DIVERGENCES}")
     if tolerance is not None and (isinstance(tolerance, bool) or not 0 < tolerance < 1):
         raise ValueError(f"tolerance must lie in (0, 1), got {tolerance!r}")
-    cnfs = [m for m in model.modules() if isinstance(m, CNF)]
     if steps is not None:
         if tolerance is not None:
             raise ValueError("give a tolerance (adaptive solver) or steps (fixed grid), not both")
@@ -60,15 +59,16 @@ def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float
         if method not in FIXED_STEP_METHODS:
             raise ValueError(f"method must be a fixed-step method, one of {sorted(FIXED_STEP_METHODS)}, "
                              f"got {method!r}")
+    cnfs = [m for m in model.modules() if isinstance(m, CNF)]
     saved = [(m.eval_divergence, m.eval_solver) for m in cnfs]
     for m in cnfs:
         if trace is not None:
             m.eval_divergence = trace
         if tolerance is not None:
             m.eval_solver = dataclasses.replace(m.eval_solver, atol=tolerance, rtol=tolerance)
-    try:
         if steps is not None:
             m.eval_solver = SolverSettings(method=method, steps=steps)
+    try:
         yield
     finally:
         for m, (divergence, solver) in zip(cnfs, saved, strict=True):

@@ -120,14 +120,11 @@ def objective_spec(objective: str | Mapping[str, Any]) -> dict[str, Any]:
     spec = copy.deepcopy(dict(objective))
     params = {key: value for key, value in spec.items() if key != "type"}
     check_arguments(get_component(spec["type"], kind=_KIND), params, supplied=2)
+    if spec["type"] == "flow_matching":
+        _check_flow_matching_options(**params)
     return spec
 
 
-    if spec["type"] == "flow_matching":
-        _check_flow_matching_options(**params)
-def check_objective_fits(objective: Mapping[str, Any], model: FlowModel, where: str = "objective") -> None:
-    """Raise ``ValueError`` when ``objective`` (a spec) cannot train ``model``: flow matching trains CNFs only."""
-    if objective["type"] == "flow_matching" and not model.is_continuous:
 def _check_flow_matching_options(
     sigma: float = 1e-4, coupling: str = "independent", time_sampling: str = "uniform",
     time_options: dict[str, float] | None = None,
@@ -149,6 +146,9 @@ def _check_flow_matching_options(
     sample_times(time_sampling, 1, **(time_options or {}))
 
 
+def check_objective_fits(objective: Mapping[str, Any], model: FlowModel, where: str = "objective") -> None:
+    """Raise ``ValueError`` when ``objective`` (a spec) cannot train ``model``: flow matching trains CNFs only."""
+    if objective["type"] == "flow_matching" and not model.is_continuous:
         kind = (model.config or {}).get("type", type(model).__name__)
         raise ValueError(f"{where}: the flow_matching objective trains CNFs and {kind} has none; train it with "
                          "the likelihood objective")
