@@ -121,12 +121,16 @@ class RunFolder:
 
     def save_rotating(self, checkpoint: Checkpoint, *, keep_last: int, best: bool) -> Path:
         """Write ``checkpoint`` as ``step-<step>.pt``, delete all but the ``keep_last`` newest step files, and
-        also write it as ``best.pt`` when ``best``; returns the step file's path."""
+        also write it as ``best.pt`` when ``best``; returns the step file's path.
+
+        ``best.pt`` is written first: a process killed between the two writes then leaves no step file newer than
+        ``best.pt``, so a resume (which continues from the newest step file) evaluates that step again and writes
+        ``best.pt`` again, instead of carrying a best score whose ``best.pt`` was never written."""
+        if best:
+            save_checkpoint(checkpoint, self.best)
         path = save_checkpoint(checkpoint, self.step_checkpoint(checkpoint.step))
         for old in self.step_checkpoints()[:-keep_last]:
             old.unlink()
-        if best:
-            save_checkpoint(checkpoint, self.best)
         return path
 
     def remove_stale_temporaries(self) -> list[Path]:

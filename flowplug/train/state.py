@@ -8,7 +8,9 @@ change is recorded (``config.json`` and the checkpoint's ``resumes``); none is e
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,6 +175,7 @@ def resume(trainer: Trainer, source: bool | str | Path | Checkpoint, data_info: 
     checkpoint = resume_point(source, folder, trainer.device)
     if checkpoint is None:
         notify(f"no checkpoint in {folder.checkpoints} to resume from; starting a new run")
+        torch.manual_seed(trainer.config.seed)  # as a new run does: the same run as without --resume
         return
     path = checkpoint.source
     load_into(trainer, checkpoint, data_info)
@@ -193,6 +196,15 @@ def resume(trainer: Trainer, source: bool | str | Path | Checkpoint, data_info: 
     if trainer.total_steps is not None and trainer.step >= trainer.total_steps and trainer.config.minutes is None:
         notify(f"the step budget ({trainer.total_steps}) is already spent: nothing to train; give a larger budget "
                "(--steps, --epochs or --minutes) to continue")
+        _keep_saved_rates(trainer, checkpoint)
+
+
+def _keep_saved_rates(trainer: Trainer, checkpoint: Checkpoint) -> None:
+    """Give the optimiser back the rates it was saved with, which no step will replace: a finished run that is
+    resumed (after a kill during its final evaluation or report) then saves the checkpoint it was saved as."""
+    saved = (checkpoint.optimizer or {}).get("param_groups", [])
+    for group, stored in zip(trainer.optimizer.param_groups, saved, strict=False):
+        group.update({key: stored[key] for key in ("lr", "weight_decay") if key in stored})
 
 
 @rank_zero_only
@@ -223,8 +235,30 @@ def resume_hint(trainer: Trainer, advice: str = " after lowering the learning ra
     good = folder.latest() or (folder.best if folder.best.exists() else None)
     if good is None:
         return "no checkpoint was written yet"
-    return (f"the newest good checkpoint is {good}; continue with `flowplug train --out {folder.root} --resume "
-            f"{good}` (or fit(..., resume={str(good)!r})){advice}")
+    data, note = _data_flags(folder)
+    return (f"the newest good checkpoint is {good}; continue with `flowplug train --out "
+            f"{shlex.quote(str(folder.root))} --resume {shlex.quote(str(good))}{data}`{note} "
+            f"(or fit(..., resume={str(good)!r})){advice}")
+
+
+_TORCHVISION = ("cifar10", "mnist")
+
+
+def _data_flags(folder: RunFolder) -> tuple[str, str]:
+    """The ``flowplug train`` flags that load the run's training data again (from the run's ``config.json``;
+    ``--data`` defaults to digits, so the command must name any other data), and a note on what the command
+    cannot name."""
+    try:
+        data = json.loads(folder.config.read_text())["data"]
+        source = str((data.get("split") or {}).get("of") or data["name"])
+        channels, height, width = data["image_shape"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", " (with the --data the run was trained on)"
+    flags = "" if source == "digits" else f" --data {shlex.quote(source)}"
+    if Path(source).is_dir():  # an image folder: its channels, and its size (resizing to their own size is a copy)
+        flags += (" --channels 1" if channels == 1 else "") + (f" --size {height}" if height == width else "")
+    note = " with the --data-root it was trained with" if source in _TORCHVISION else ""
+    return flags, note
 
 
 @rank_zero_only
