@@ -41,7 +41,7 @@ from flowplug.train.run_folder import RunFolder
 from flowplug.train.splits import evaluation_split
 
 TOLERANCES = (1e-4, 3e-4, 1e-3, 3e-3)
-STEPS = (2, 4, 8, 16)
+STEPS = (1, 2, 4, 8, 16)
 
 
 def _settings(reference_tolerance: float) -> list[tuple[str, dict[str, Any]]]:
