@@ -9,12 +9,14 @@ Sources (:func:`load_dataset`):
 
 - ``"digits"`` (the default): embedded in the package, the UCI handwritten digits, 1,797 images
   of 1x8x8 with 17 levels (``n_bins=17``), CC BY 4.0 (see ``flowplug/datasets/README.txt``);
-- a ``.npz`` file with ``x`` (uint8, NxCxHxW) and optionally ``n_bins`` (default 256); an ``x`` that looks
-  channels-last (NxHxWxC: last axis 1 or 3, axis 1 not) is refused with the transpose to apply;
+- a ``.npz`` file with ``x`` (uint8, NxCxHxW), optionally ``n_bins`` (default 256) and class labels ``y``
+  (N integers ``≥ 0``); an ``x`` that looks channels-last (NxHxWxC: last axis 1 or 3, axis 1 not) is refused
+  with the transpose to apply;
 - a folder of image files (PNG, JPEG, ... read with pillow), all of one size, as 8-bit RGB or,
   with ``channels=1``, grey; with ``size=S`` images of any sizes, each centre-cropped to a square and
-  resized to ``S × S`` (:func:`load_image_folder`);
-- ``"cifar10"`` / ``"mnist"`` through torchvision (when installed) under ``root``;
+  resized to ``S × S`` (:func:`load_image_folder`); a folder holding one sub-folder of images per class
+  (and no images of its own) is labelled by sub-folder, in the sorted order of their names;
+- ``"cifar10"`` / ``"mnist"`` through torchvision (when installed) under ``root``, with their labels;
 - ``"crops<SIZE>"`` (``"crops32"``, ``"crops64"``, ``"crops128"``, ...): random RGB crops of scikit-image's
   bundled photographs, built offline, with a held-out part (``train=False``) from image regions no training
   crop touches (:mod:`flowplug.crops`; needs the ``images`` extra).
@@ -58,15 +60,19 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 class Batch:
     """Dequantised images ``v`` in ``[0, 1)`` and the ``n_bins`` levels of the integer data they came from.
 
-    ``n_bins`` is needed to turn ``log p(v)`` into bits per dimension of the discrete data.
+    ``n_bins`` is needed to turn ``log p(v)`` into bits per dimension of the discrete data; ``y`` holds the
+    images' class labels ``(B,)`` (int64, on ``v``'s device) when the data have them, else ``None``. Only a
+    conditional model uses them (:attr:`flowplug.FlowModel.is_conditional`).
     """
 
     v: torch.Tensor
     n_bins: int
+    y: torch.Tensor | None = None
 
     def chunk(self, chunks: int) -> list[Batch]:
         """The batch split into ``chunks`` parts along the batch dimension (for accumulation)."""
-        return [Batch(part, self.n_bins) for part in self.v.chunk(chunks)]
+        labels = [None] * len(self.v.chunk(chunks)) if self.y is None else self.y.chunk(chunks)
+        return [Batch(part, self.n_bins, y) for part, y in zip(self.v.chunk(chunks), labels, strict=True)]
 
 
 def dequantize(
@@ -112,7 +118,7 @@ def _embedded_digits() -> ImageData:
 
 
 def load_npz(path: str | Path, *, n_bins: int | None = None, name: str | None = None) -> ImageData:
-    """Images from an ``.npz`` holding ``x`` (uint8, NxCxHxW) and optionally ``n_bins``."""
+    """Images from an ``.npz`` holding ``x`` (uint8, NxCxHxW) and optionally ``n_bins`` and labels ``y``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
@@ -129,6 +135,7 @@ def load_npz(path: str | Path, *, n_bins: int | None = None, name: str | None = 
             )
         x = _npz_array(archive, "x", path)
         stored_bins = _npz_n_bins(archive, path) if "n_bins" in archive else None
+        labels = _npz_labels(archive, path, len(x)) if "y" in archive else None
     if x.dtype != np.uint8:
         raise TypeError(f"{path}: 'x' must have dtype uint8, got {x.dtype}")
     if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -137,7 +144,18 @@ def load_npz(path: str | Path, *, n_bins: int | None = None, name: str | None = 
             "e.g. np.savez(path, x=x.transpose(0, 3, 1, 2))"
         )
     chosen = next((b for b in (n_bins, stored_bins) if b is not None), 256)  # a given 0 is checked, not skipped
-    return ImageData(torch.from_numpy(x), chosen, name or str(path))
+    return ImageData(torch.from_numpy(x), chosen, name or str(path), y=labels)
+
+
+def _npz_labels(archive: np.lib.npyio.NpzFile, path: Path, num_images: int) -> torch.Tensor:
+    """The archive's ``y`` as int64 labels, or ``ValueError`` naming the file and what is wrong with them."""
+    y = _npz_array(archive, "y", path)
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (num_images,):
+        raise ValueError(f"{path}: 'y' must hold one integer class label per image, shape ({num_images},); got "
+                         f"an array of shape {y.shape} and dtype {y.dtype}")
+    if num_images and int(y.min()) < 0:
+        raise ValueError(f"{path}: 'y' must hold class indices >= 0, found {int(y.min())}")
+    return torch.from_numpy(y.astype(np.int64))
 
 
 def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
@@ -165,11 +183,17 @@ def _centre_square(height: int, width: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
 def load_image_folder(path: str | Path, *, channels: int = 3, size: int | None = None) -> ImageData:
     """Every image file directly in ``path`` (by name), 8-bit RGB (``channels=3``) or grey (1).
 
-    Without ``size`` all images must have one size; with ``size=S`` each image's centred square (the
-    shorter side's length) is resized to ``S × S``, so images of any sizes and shapes load together.
+    A folder with no image files of its own but sub-folders holding images is a labelled set: each sub-folder
+    is a class, numbered in the sorted order of the sub-folders' names (label 0 the first), and its images
+    are read by name. Without ``size`` all images must have one size; with ``size=S`` each image's centred
+    square (the shorter side's length) is resized to ``S × S``, so images of any sizes and shapes load together.
     """
     from PIL import Image
 
@@ -177,11 +201,16 @@ def load_image_folder(path: str | Path, *, channels: int = 3, size: int | None =
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if size is not None:
         check_size(size)
-    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    files, labels = _image_files(Path(path)), None
+    if not files:
+        classes = [d for d in sorted(Path(path).iterdir()) if d.is_dir() and _image_files(d)]
+        per_class = [_image_files(d) for d in classes]
+        files = [file for group in per_class for file in group]
+        labels = torch.tensor([k for k, group in enumerate(per_class) for _ in group], dtype=torch.int64)
     if not files:
         raise ValueError(
             f"image folder {str(path)!r} holds no image files "
-            f"({', '.join(sorted(_IMAGE_SUFFIXES))})"
+            f"({', '.join(sorted(_IMAGE_SUFFIXES))}), nor sub-folders of them (one per class)"
         )
     arrays = []
     for file in files:
@@ -197,7 +226,7 @@ def load_image_folder(path: str | Path, *, channels: int = 3, size: int | None =
         arrays.append(array)
     x = np.stack(arrays)
     x = x[:, None] if channels == 1 else x.transpose(0, 3, 1, 2)
-    return ImageData(torch.from_numpy(np.ascontiguousarray(x)), 256, str(path))
+    return ImageData(torch.from_numpy(np.ascontiguousarray(x)), 256, str(path), y=labels)
 
 
 def _torchvision(name: str, root: str | Path | None, train: bool) -> ImageData:
@@ -234,7 +263,8 @@ def _torchvision(name: str, root: str | Path | None, train: bool) -> ImageData:
     dataset = cls(str(root), train=train, download=False)
     x = torch.as_tensor(np.asarray(dataset.data))
     x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    return ImageData(x.contiguous(), 256, name)
+    labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
+    return ImageData(x.contiguous(), 256, name, y=labels)
 
 
 def load_dataset(

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ImageData", "check_images", "check_size", "resize_square"]
+__all__ = ["ImageData", "check_images", "check_labels", "check_size", "resize_square"]
 
 
 @dataclass(frozen=True)
 class ImageData:
-    """A set of integer images held in memory.
+    """A set of integer images held in memory, with their class labels where the source has them.
 
     ``x``: uint8 tensor ``(N, C, H, W)`` with values in ``[0, n_bins)``; ``name``: where it came
-    from (recorded in checkpoints and reports).
+    from (recorded in checkpoints and reports); ``y``: ``None`` or one int64 class label ``≥ 0`` per image,
+    shape ``(N,)`` (an ``.npz``'s ``y``, the digits' labels, an image folder's sub-folders, torchvision's
+    targets). Every part made by :meth:`first` and :meth:`split` keeps its images' labels.
     """
 
     x: torch.Tensor
@@ -31,9 +33,25 @@ class ImageData:
     "seed": seed}``, so a checkpoint records which images it was trained on; for a part of a set that has its
     own held-out images (:func:`has_own_held_out`), ``"held_out"`` says how they were kept apart instead of
     ``"holdout"``."""
+    y: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_images(self.x, self.n_bins, self.name)
+        if self.y is not None:
+            check_labels(self.y, self.x.shape[0], self.name)
+
+    @property
+    def num_classes(self) -> int | None:
+        """``max(y) + 1`` (labels are ``0 … num_classes − 1``), or ``None`` for unlabelled images."""
+        return None if self.y is None else int(self.y.max()) + 1
+
+    def labels(self) -> torch.Tensor:
+        """The labels ``y``, or ``ValueError`` saying that this set has none (for a conditional model)."""
+        if self.y is None:
+            raise ValueError(f"{self.name} has no class labels, which a conditional model needs (an .npz "
+                             "with a 'y' array, the digits, an image folder with one sub-folder per class, "
+                             "or torchvision's sets carry them)")
+        return self.y
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -62,7 +80,8 @@ class ImageData:
         """The first ``n`` images (named ``name[:n]``), or this set itself when it holds no more than ``n``."""
         if len(self) <= n:
             return self
-        return ImageData(self.x[:n], self.n_bins, f"{self.name}[:{n}]", self.origin)
+        return ImageData(self.x[:n], self.n_bins, f"{self.name}[:{n}]", self.origin,
+                         None if self.y is None else self.y[:n])
 
     def split(self, holdout: float, seed: int = 0) -> tuple[ImageData, ImageData]:
         """``(train, held_out)``, ``held_out`` being a seeded random fraction ``holdout``."""
@@ -75,8 +94,10 @@ class ImageData:
         held, train = order[:n_held].sort().values, order[n_held:].sort().values
         made = {"of": self.name, "of_sha256": self.fingerprint(), "holdout": holdout, "seed": seed}
         return (
-            ImageData(self.x[train], self.n_bins, f"{self.name}[train]", {**made, "part": "train"}),
-            ImageData(self.x[held], self.n_bins, f"{self.name}[held-out]", {**made, "part": "held-out"}),
+            ImageData(self.x[train], self.n_bins, f"{self.name}[train]", {**made, "part": "train"},
+                      None if self.y is None else self.y[train]),
+            ImageData(self.x[held], self.n_bins, f"{self.name}[held-out]", {**made, "part": "held-out"},
+                      None if self.y is None else self.y[held]),
         )
 
 
@@ -96,6 +117,19 @@ def check_images(x: object, n_bins: int, name: str) -> None:
     top = int(x.max())
     if top >= n_bins:
         raise ValueError(f"{name}: pixel value {top} is not below n_bins={n_bins}")
+
+
+def check_labels(y: object, num_images: int, name: str) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``y`` is an int64 tensor of ``num_images``
+    class labels ``≥ 0``."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name}: labels y must be a torch.Tensor, got {type(y).__name__}")
+    if y.dtype != torch.int64:
+        raise TypeError(f"{name}: labels y must have dtype int64, got {y.dtype}")
+    if tuple(y.shape) != (num_images,):
+        raise ValueError(f"{name}: labels y must have shape ({num_images},), one per image, got {tuple(y.shape)}")
+    if int(y.min()) < 0:
+        raise ValueError(f"{name}: labels must be class indices >= 0, found {int(y.min())}")
 
 
 def check_size(size: object) -> None:

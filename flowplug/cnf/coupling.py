@@ -15,6 +15,12 @@ conditional law of the paired noise, not exactly to N(0, I); the likelihood stay
 field is solved with its exact log-determinant against the N(0, I) base), only the objective's optimum
 moves away from the one that maximises it. :func:`ot_pairing` is therefore applied per level by choice.
 
+For a **class-conditional** model the pairing is made within each class (``groups``: the batch's labels):
+a data row is only ever paired with a noise row drawn for a row of its own class, so the noise that meets a
+class is a fresh N(0, I) sample of that class's size, as at test time, where each class is carried to the
+base on its own. Pairing across classes would give the rows of one class the noise nearest to them among all
+classes' draws, a train/test mismatch.
+
 **Time.** Times are ``s = t / T`` in ``[0, 1]``, data at 0. :func:`sample_times` draws them uniformly,
 stratified (one uniform offset ``u`` shared by the batch, ``s_i = (u + i / n) mod 1``: each ``s_i`` is still
 uniform, and the batch covers ``[0, 1]`` evenly, which lowers the variance of the batch's loss), from a
@@ -43,23 +49,30 @@ def transport_cost(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a, b).pow(2)
 
 
-def ot_pairing(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def ot_pairing(x: torch.Tensor, noise: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """The permutation ``perm`` of the noise rows that minimises ``Σ_i ‖x_i − noise[perm[i]]‖²``.
 
     Exact for the batch (``scipy.optimize.linear_sum_assignment``); ``noise[perm]`` is the re-paired
-    noise, the same multiset of rows. ``x`` and ``noise`` are ``(B, ...)`` of the same shape.
+    noise, the same multiset of rows. ``x`` and ``noise`` are ``(B, ...)`` of the same shape. With ``groups``
+    (``(B,)`` integer labels) rows are paired only within their group: ``perm[i]`` has the group of ``i``, and
+    each group's pairing is the optimal one among its own rows.
     """
     if x.shape != noise.shape:
         raise ValueError(f"x and noise must have the same shape, got {tuple(x.shape)} and {tuple(noise.shape)}")
+    if groups is not None and tuple(groups.shape) != (x.shape[0],):
+        raise ValueError(f"groups must hold one label per row, shape ({x.shape[0]},), got {tuple(groups.shape)}")
     try:
         from scipy.optimize import linear_sum_assignment
     except ImportError:
         raise ImportError('coupling="ot" needs scipy: pip install "flowplug[ot]"') from None
 
     cost = transport_cost(x, noise).cpu().numpy()
-    rows, cols = linear_sum_assignment(cost)
-    perm = np.empty_like(cols)
-    perm[rows] = cols
+    labels = np.zeros(x.shape[0], dtype=np.int64) if groups is None else groups.detach().cpu().numpy()
+    perm = np.empty(x.shape[0], dtype=np.int64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rows, cols = linear_sum_assignment(cost[np.ix_(members, members)])
+        perm[members[rows]] = members[cols]
     return torch.as_tensor(perm, dtype=torch.long, device=x.device)
 
 

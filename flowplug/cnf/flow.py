@@ -238,6 +238,7 @@ class CNF(Flow):
         coupling: str = "independent",
         time_sampling: str = "uniform",
         time_options: dict | None = None,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-sample conditional flow-matching losses ``(B,)`` of the net on data ``x`` (no ODE solve).
 
@@ -246,7 +247,8 @@ class CNF(Flow):
         blur at the data end. ``coupling`` (``"independent"`` or ``"ot"``: minibatch optimal transport) pairs
         the batch's data with its noise draws; ``time_sampling`` (``"uniform"``, ``"stratified"``,
         ``"logit_normal"``, ``"power"``; options ``time_options``) draws the times -- see
-        :mod:`flowplug.cnf.coupling`. The defaults draw exactly as before these options existed.
+        :mod:`flowplug.cnf.coupling`. ``groups`` (``(B,)`` class labels) restricts the ``"ot"`` pairing to rows
+        of one class. The defaults draw exactly as before these options existed.
         """
         if not 0.0 <= sigma < 1.0:
             raise ValueError(f"sigma must lie in [0, 1), got {sigma}")
@@ -257,7 +259,7 @@ class CNF(Flow):
                          **(time_options or {}))
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         if coupling == "ot":
-            noise = noise[ot_pairing(x, noise)]
+            noise = noise[ot_pairing(x, noise, groups)]
         z, target = straight_path(x, noise, s, sigma, self.T)
         predicted = self.net(s * self.T, z, context=context)
         return (predicted - target).pow(2).flatten(1).mean(1)

@@ -5,6 +5,12 @@ exposes normflows' model methods. Subclasses implement :meth:`~FlowModel.log_pro
 every other method the trainer calls has a default here, so the trainer calls methods instead of probing for
 attributes. ``config`` is a registry spec (``{"type": name, **kwargs}``) from which :func:`flowplug.build`
 rebuilds an identical, untrained model; checkpoints store it.
+
+A *conditional* model (:attr:`FlowModel.is_conditional`: ``num_classes`` or ``condition_dim`` set) scores and
+samples given a condition ``y`` (class labels or vectors, :mod:`flowplug.condition`); every method below then
+takes ``y`` and an unconditional model refuses one. Callers that serve both kinds (the trainer, evaluation) pass
+``y`` only to conditional models (:func:`condition_kwargs`), so a subclass written before conditions existed
+(``log_prob(self, v)``) keeps working.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from torch import nn
 from flowplug._checks import check_floating
 from flowplug.bin_warp import EdgeBinWarp
 from flowplug.cnf.flow import CNF
+from flowplug.condition import check_condition
 from flowplug.metrics import bits_per_dim, level_bits_per_dim
 
-__all__ = ["FlowModel", "constructor_spec"]
+__all__ = ["FlowModel", "condition_kwargs", "constructor_spec"]
 
 
 def constructor_spec(name: str, init: Callable[..., Any], arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,6 +45,18 @@ def constructor_spec(name: str, init: Callable[..., Any], arguments: Mapping[str
     return spec
 
 
+def condition_kwargs(model: FlowModel, y: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """``{"y": y}`` for a conditional model, ``{}`` for an unconditional one (whose data's labels, if any, it
+    does not use): the keyword arguments with which code serving both kinds calls the model's methods."""
+    return {"y": y} if model.is_conditional else {}
+
+
+def _given(y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """``y`` as a keyword argument when given: a model's own defaults pass it on, so that an unconditional
+    model refuses a ``y`` and a conditional one misses it, each with its own message."""
+    return {} if y is None else {"y": y}
+
+
 class FlowModel(nn.Module, ABC):
     """Base class of flowplug's models (MRCNF, single-resolution CNF, Glow, RealNVP) and the trainer's contract.
 
@@ -49,6 +68,10 @@ class FlowModel(nn.Module, ABC):
     image_shape: tuple[int, int, int]
     config: dict[str, Any] | None = None
     """The registry spec that rebuilds the model (``None``: not rebuildable, e.g. built from modules)."""
+    num_classes: int | None = None
+    """The number of classes of a label-conditional model (labels ``0 … num_classes − 1``), else ``None``."""
+    condition_dim: int | None = None
+    """The length of the condition vector of a vector-conditional model, else ``None``."""
     bin_warp: EdgeBinWarp | None
     """An optional warp of the dequantisation noise of black and saturated pixels that models apply to ``v``
     first (:mod:`flowplug.bin_warp`); set by the models' ``bin_warp=`` option, ``None`` by default."""
@@ -58,24 +81,48 @@ class FlowModel(nn.Module, ABC):
         self.bin_warp = None  # an instance attribute: a class-level default would hide the submodule once set
 
     @abstractmethod
-    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
-        """``log p(v)`` per sample, shape ``(B,)``, including every internal transform's log-determinant."""
+    def log_prob(self, v: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(v)`` (``log p(v | y)`` for a conditional model) per sample, shape ``(B,)``, including every
+        internal transform's log-determinant."""
 
     @abstractmethod
     def sample(
-        self, num_samples: int = 1, temperature: float | None = None
+        self, num_samples: int = 1, temperature: float | None = None, y: torch.Tensor | int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``num_samples`` images ``v`` and their ``log q(v)``; ``temperature`` scales the base's std."""
+        """Draw ``num_samples`` images ``v`` and their ``log q(v)`` (given ``y``: one label for all, or one per
+        sample, for a conditional model); ``temperature`` scales the base's std."""
 
-    def level_log_probs(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """Per-level terms of ``log p(v)`` (one for single-scale models), summing to :meth:`log_prob`."""
-        return [self.log_prob(v)]
+    @property
+    def is_conditional(self) -> bool:
+        """Whether the model scores and samples given a condition ``y`` (:attr:`num_classes` or
+        :attr:`condition_dim` set)."""
+        return self.num_classes is not None or self.condition_dim is not None
+
+    def check_condition(self, y: object, like: torch.Tensor) -> torch.Tensor | None:
+        """``y`` checked for a batch ``like`` (:func:`flowplug.condition.check_condition`): ``None`` for an
+        unconditional model, which refuses a ``y``; a conditional one needs it."""
+        return check_condition(y, num_classes=self.num_classes, condition_dim=self.condition_dim,
+                               batch_size=like.shape[0], like=like, owner=type(self).__name__)
+
+    def sample_condition(self, num_samples: int, y: torch.Tensor | int | None) -> torch.Tensor | None:
+        """The condition of ``num_samples`` samples: a single label ``y`` repeated, or ``y`` itself (checked),
+        on the model's device; ``None`` for an unconditional model (which refuses a ``y``)."""
+        reference = next(self.parameters(), None)
+        like = torch.empty(num_samples, 0, dtype=reference.dtype if reference is not None else
+                           torch.get_default_dtype(), device=reference.device if reference is not None else None)
+        if isinstance(y, int) and not isinstance(y, bool) and self.num_classes is not None:
+            y = torch.full((num_samples,), y, dtype=torch.int64, device=like.device)
+        return self.check_condition(y, like)
+
+    def level_log_probs(self, v: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per-level terms of ``log p(v | y)`` (one for single-scale models), summing to :meth:`log_prob`."""
+        return [self.log_prob(v, **_given(y))]
 
     def initialize_from_data(self, v: torch.Tensor) -> None:
         """Data-dependent initialisation from a batch of training images; models without any do nothing."""
 
     def level_flow_matching_losses(
-        self, v: torch.Tensor, sigma: float = 1e-4, **options: Any
+        self, v: torch.Tensor, sigma: float = 1e-4, y: torch.Tensor | None = None, **options: Any
     ) -> list[torch.Tensor]:
         """Per-level mean flow-matching losses, for models whose flows are CNFs (see :class:`flowplug.MRCNF`);
         ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to
@@ -84,9 +131,11 @@ class FlowModel(nn.Module, ABC):
             f"{type(self).__name__} has no flow-matching objective; train it by likelihood"
         )
 
-    def flow_matching_loss(self, v: torch.Tensor, sigma: float = 1e-4, **options: Any) -> torch.Tensor:
+    def flow_matching_loss(
+        self, v: torch.Tensor, sigma: float = 1e-4, y: torch.Tensor | None = None, **options: Any
+    ) -> torch.Tensor:
         """The flow-matching objective: the sum over levels of :meth:`level_flow_matching_losses`."""
-        return torch.stack(self.level_flow_matching_losses(v, sigma, **options)).sum()
+        return torch.stack(self.level_flow_matching_losses(v, sigma, **_given(y), **options)).sum()
 
     def check_levels(self, levels: Iterable[int]) -> list[int]:
         """``levels`` as a list if this model has each of them, else ``ValueError`` naming the first it lacks;
@@ -102,35 +151,35 @@ class FlowModel(nn.Module, ABC):
         """The levels none of whose parameters is trained (see :meth:`set_trainable_levels`); none here."""
         return []
 
-    def trainable_log_prob(self, v: torch.Tensor) -> torch.Tensor:
-        """``log p(v)`` less the terms of :meth:`frozen_levels`, per sample: what the likelihood's gradient
+    def trainable_log_prob(self, v: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(v | y)`` less the terms of :meth:`frozen_levels`, per sample: what the likelihood's gradient
         needs. A frozen level's term is a constant to the optimiser and would cost a pass (an ODE solve for a
         CNF level); without frozen levels this is :meth:`log_prob`."""
-        return self.log_prob(v)
+        return self.log_prob(v, **_given(y))
 
     @property
     def is_continuous(self) -> bool:
         """Whether the model integrates ODEs (holds a CNF): such models train in float32 by default."""
         return any(isinstance(module, CNF) for module in self.modules())
 
-    def forward_kld(self, v: torch.Tensor) -> torch.Tensor:
+    def forward_kld(self, v: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Forward KL divergence up to a constant: the mean negative log-likelihood of the batch."""
-        return -self.log_prob(v).mean()
+        return -self.log_prob(v, **_given(y)).mean()
 
     @property
     def num_dims(self) -> int:
         return math.prod(self.image_shape)
 
-    def bits_per_dim(self, v: torch.Tensor, n_bins: int = 256) -> torch.Tensor:
-        """Bits per dimension per sample (``docs/design.md`` §3)."""
-        return bits_per_dim(self.level_log_probs(v), self.num_dims, n_bins)
+    def bits_per_dim(self, v: torch.Tensor, n_bins: int = 256, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Bits per dimension per sample (``docs/design.md`` §3), given ``y`` for a conditional model."""
+        return bits_per_dim(self.level_log_probs(v, **_given(y)), self.num_dims, n_bins)
 
-    def level_bits_per_dim(self, v: torch.Tensor) -> list[torch.Tensor]:
+    def level_bits_per_dim(self, v: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Each level's share ``-log p_s / (D ln 2)`` of :meth:`bits_per_dim` (``D`` of the full image), per sample.
 
         They add up to :meth:`bits_per_dim` minus ``log2(n_bins)``: that constant belongs to the whole image.
         """
-        return level_bits_per_dim(self.level_log_probs(v), self.num_dims)
+        return level_bits_per_dim(self.level_log_probs(v, **_given(y)), self.num_dims)
 
     def _warp_in(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction of :attr:`bin_warp`: ``v`` warped and ``log|dx/dv|`` per image (``v`` and zeros

@@ -11,6 +11,15 @@ coarse image ``x_{s+1}`` (in the ``[0, 1)`` scale of ``v``) as ``context``; comp
 ignore it, so a level may mix CNFs with normflows' Glow blocks, couplings and ActNorm. The coarsest level first maps
 ``x_{S-1}`` through a logit (``logit(α + (1 − 2α) x)``) with its exact log-determinant.
 
+A **conditional** MRCNF (``num_classes=K`` for class labels, ``condition_dim=k`` for given vectors) models
+``p(v | y)``: every level, the coarsest included, has its own :class:`~flowplug.condition.ConditionEncoder` (a
+learned label embedding, or the vector itself) whose features join the level's context as constant channels
+after the coarse image; the coarsest level, which has no coarse image, gets them as its whole context. Then
+
+    log p(v | y) = log p(x_{S-1} | y) + Σ_s log p(y_s | x_{s+1}, y)
+
+(``docs/conditional.md``).
+
 Because the levels' parameters are disjoint the loss separates: levels can be trained jointly
 (:meth:`MRCNF.set_trainable_levels`), one at a time or in separate runs, and combined afterwards
 (:meth:`MRCNF.load_levels`); :meth:`MRCNF.grow` adds a finer level for progressive training.
@@ -33,6 +42,7 @@ from flowplug.asinh import AsinhStretch
 from flowplug.bin_warp import EdgeBinWarp
 from flowplug.cnf import CNF, ResODENet
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
+from flowplug.condition import DEFAULT_EMBEDDING_DIM, ConditionEncoder, check_condition_options, spatial_features
 from flowplug.conditioning import ComposedFlow, run_inverse
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
@@ -49,10 +59,11 @@ LevelFlows = Sequence[Mapping[str, Any] | str | nn.Module]
 class ResolutionLevel(ComposedFlow):
     """One resolution level: ``flows`` (listed in the sampling direction) over tensors of ``shape``.
 
-    ``context_shape`` is the shape of the conditioning coarse image (``None`` for the coarsest level). In the
-    density direction the level's tensor first goes through ``preprocess`` (the coarsest level's logit), then
-    ``standardize`` (per-channel statistics from data), then the flows (last listed first): the level's
-    :meth:`chain` is ``[*flows, standardize, preprocess]``.
+    ``context_shape`` is the shape of the context its flows get (``None`` for an unconditional coarsest level):
+    the conditioning coarse image, followed, with a ``condition`` encoder, by its features as constant channels
+    (:meth:`context_for`). In the density direction the level's tensor first goes through ``preprocess`` (the
+    coarsest level's logit), then ``standardize`` (per-channel statistics from data), then the flows (last listed
+    first): the level's :meth:`chain` is ``[*flows, standardize, preprocess]``.
     """
 
     def __init__(
@@ -62,13 +73,28 @@ class ResolutionLevel(ComposedFlow):
         context_shape: Sequence[int] | None = None,
         preprocess: nn.Module | None = None,
         standardize: Standardize | None = None,
+        condition: ConditionEncoder | None = None,
     ) -> None:
         super().__init__(flows)
         self.shape = tuple(shape)
         self.context_shape = None if context_shape is None else tuple(context_shape)
         self.preprocess = preprocess
         self.standardize = standardize
+        self.condition = condition
         self.base = StandardNormal(self.shape)
+
+    def context_for(
+        self, coarse: torch.Tensor | None, y: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The context of the level's flows, of ``dtype``: the coarse image ``coarse`` (``None`` at the coarsest
+        level) and, for a conditional level, the features of the checked condition ``y`` as constant channels
+        after it."""
+        if self.condition is None:
+            return coarse
+        if y is None:
+            raise ValueError("this level is conditional and needs the condition y")
+        features = spatial_features(self.condition(y), *self.shape[1:], dtype)
+        return features if coarse is None else torch.cat([coarse, features], dim=1)
 
     def _preparation(self) -> list[nn.Module]:
         # sampling order: standardisation is undone before the preprocessing
@@ -214,8 +240,16 @@ class MRCNF(FlowModel):
             ``{"n_bins": 256}``) that first warps the dequantisation noise of black and saturated pixels, at full
             resolution and within their quantisation bins, so that its density vanishes smoothly at the bins'
             edges. Its exact log-determinant is counted in the finest level's term of :meth:`level_log_probs`.
+        num_classes: condition every level on a class label ``0 … num_classes − 1`` (a learned embedding of
+            ``embedding_dim`` features per level, default :data:`~flowplug.condition.DEFAULT_EMBEDDING_DIM`):
+            :meth:`log_prob` is then ``log p(v | y)`` and every method takes the labels ``y``.
+        condition_dim: condition every level on a given vector of this length instead (its entries are the
+            features).
 
-    ``config`` is the registry spec that rebuilds this model (``None`` when a level was given as modules).
+    The condition's features widen each default level's net context by their number (the coarsest level's
+    net gets them as its only context); nets of ``level_flows`` given as specs or modules must be built with
+    that context size. ``config`` is the registry spec that rebuilds this model (``None`` when a level was
+    given as modules).
     """
 
     def __init__(
@@ -230,9 +264,14 @@ class MRCNF(FlowModel):
         bin_warp: Mapping[str, Any] | None = None,
         net: str = DEFAULT_NET,
         net_options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+        num_classes: int | None = None,
+        condition_dim: int | None = None,
+        embedding_dim: int | None = None,
         **level_options: Any,
     ) -> None:
         super().__init__()
+        check_condition_options(num_classes, condition_dim, embedding_dim)
+        self.num_classes, self.condition_dim = num_classes, condition_dim
         self.image_shape = _check_image_shape(image_shape, levels)
         self.num_levels = levels
         if level_flows is not None and len(level_flows) != levels:
@@ -246,20 +285,24 @@ class MRCNF(FlowModel):
         channels = self.image_shape[0]
         if bin_warp is not None:
             self.bin_warp = EdgeBinWarp(**bin_warp)
+        condition = {"num_classes": num_classes, "condition_dim": condition_dim, "embedding_dim": embedding_dim}
+        features = 0 if not self.is_conditional else condition_dim or embedding_dim or DEFAULT_EMBEDDING_DIM
         self.levels = nn.ModuleList()
         for s in range(levels):
             shape = self.level_shape(s)
-            context_shape = None if s == levels - 1 else self.level_context_shape(s)
+            context_channels = (0 if s == levels - 1 else channels) + features
+            context_shape = (context_channels, *shape[1:]) if context_channels else None
             given = None if level_flows is None else level_flows[s]
             if given is None:
-                given = default_level_spec(shape[0], 0 if context_shape is None else channels, net=net,
-                                           net_options=per_level_net[s], **level_options)
+                given = default_level_spec(shape[0], context_channels, net=net, net_options=per_level_net[s],
+                                           **level_options)
             flows = [build(item) if isinstance(item, (str, Mapping)) else item for item in given]
             preprocess = nf.transforms.Logit(alpha=logit_alpha) if s == levels - 1 else None
             if preprocess is None and detail_stretch is not None:  # issue 11: point masses of flat regions
                 preprocess = AsinhStretch(detail_stretch)
             standardizer = Standardize(shape[0]) if standardize else None
-            self.levels.append(ResolutionLevel(flows, shape, context_shape, preprocess, standardizer))
+            encoder = ConditionEncoder(**condition) if self.is_conditional else None
+            self.levels.append(ResolutionLevel(flows, shape, context_shape, preprocess, standardizer, encoder))
         rebuildable = level_flows is None or all(lf is None or _is_plain_spec(lf) for lf in level_flows)
         self.config: dict[str, Any] | None = (
             {
@@ -279,6 +322,7 @@ class MRCNF(FlowModel):
                 **({} if net_options is None else {"net_options": copy.deepcopy(
                     dict(net_options) if isinstance(net_options, Mapping) else
                     [None if o is None else dict(o) for o in net_options])}),
+                **{key: value for key, value in condition.items() if value is not None},
             }
             if rebuildable
             else None
@@ -305,76 +349,99 @@ class MRCNF(FlowModel):
         """``([y_0, …, y_{S-2}], x_{S-1})`` of ``v`` (finest details first)."""
         return haar_pyramid(v, self.num_levels)
 
-    def level_log_probs(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """``[log p(y_0 | x_1), …, log p(y_{S-2} | x_{S-1}), log p(x_{S-1})]``; they sum to :meth:`log_prob`."""
+    def level_log_probs(self, v: torch.Tensor, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``[log p(y_0 | x_1), …, log p(y_{S-2} | x_{S-1}), log p(x_{S-1})]`` (each also given the condition
+        ``y`` of a conditional model); they sum to :meth:`log_prob`."""
         warped, warp_log_det = self._warped(v)
-        terms = self._log_probs_of(warped, range(self.num_levels))
+        terms = self._log_probs_of(warped, range(self.num_levels), self.check_condition(y, v))
         terms[0] = terms[0] + warp_log_det
         return terms
 
-    def _log_probs_of(self, warped: torch.Tensor, levels: Iterable[int]) -> list[torch.Tensor]:
-        """The terms ``log p_s`` of ``levels`` (in level order) for warped images; other levels are not solved."""
+    def _log_probs_of(self, warped: torch.Tensor, levels: Iterable[int], y: torch.Tensor | None
+                      ) -> list[torch.Tensor]:
+        """The terms ``log p_s`` of ``levels`` (in level order) for warped images given the checked condition
+        ``y``; other levels are not solved."""
         chosen = set(levels)
         return [
             level.log_prob(x, context)
-            for s, (level, (x, context)) in enumerate(zip(self.levels, self._cascade(warped), strict=True))
+            for s, (level, (x, context)) in enumerate(zip(self.levels, self._cascade(warped, y), strict=True))
             if s in chosen
         ]
 
-    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
-        """``log p(v)`` per sample (the Haar transform adds nothing: its log-determinant is 0)."""
-        return torch.stack(self.level_log_probs(v)).sum(0)
+    def log_prob(self, v: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(v)`` per sample, ``log p(v | y)`` for a conditional model (the Haar transform adds nothing:
+        its log-determinant is 0)."""
+        return torch.stack(self.level_log_probs(v, y)).sum(0)
 
-    def trainable_log_prob(self, v: torch.Tensor) -> torch.Tensor:
-        """``log p(v)`` without the terms of frozen levels, whose solves are skipped (see
+    def trainable_log_prob(self, v: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(v | y)`` without the terms of frozen levels, whose solves are skipped (see
         :meth:`FlowModel.trainable_log_prob`); the warp's log-determinant, a constant, is kept."""
         warped, log_det = self._warped(v)
+        y = self.check_condition(y, v)
         trained = set(range(self.num_levels)) - set(self.frozen_levels())
         if not trained:
             raise ValueError("every level of this MRCNF is frozen: there is no likelihood term to train")
-        return torch.stack(self._log_probs_of(warped, trained)).sum(0) + log_det
+        return torch.stack(self._log_probs_of(warped, trained, y)).sum(0) + log_det
 
-    def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Density direction: ``v`` → latents ``[z_0, …, z_{S-1}]`` (index = level) and the total log-det."""
+    def inverse_and_log_det(
+        self, v: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Density direction: ``v`` → latents ``[z_0, …, z_{S-1}]`` (index = level) and the total log-det,
+        given the condition ``y`` of a conditional model."""
         warped, log_det = self._warped(v)
         latents = []
-        for level, (x, context) in zip(self.levels, self._cascade(warped), strict=True):
+        for level, (x, context) in zip(self.levels, self._cascade(warped, self.check_condition(y, v)), strict=True):
             z, step = level.inverse_and_log_det(x, context)
             latents.append(z)
             log_det = log_det + step
         return latents, log_det
 
-    def forward_and_log_det(self, latents: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampling direction: latents ``[z_0, …, z_{S-1}]`` → image ``v`` and the total log-det."""
+    def forward_and_log_det(
+        self, latents: Sequence[torch.Tensor], y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction: latents ``[z_0, …, z_{S-1}]`` → image ``v`` and the total log-det, given the
+        condition ``y`` of a conditional model."""
         if len(latents) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} latents (one per level), got {len(latents)}")
-        x, log_det = self.levels[-1].forward_and_log_det(latents[-1])
+        y = self.check_condition(y, latents[-1])
+        coarsest = self.levels[-1]
+        x, log_det = coarsest.forward_and_log_det(latents[-1], coarsest.context_for(None, y, latents[-1].dtype))
         for s in range(self.num_levels - 2, -1, -1):
-            y, step = self.levels[s].forward_and_log_det(latents[s], x)
-            x = haar_reconstruct(x, y)
+            details, step = self.levels[s].forward_and_log_det(latents[s], self.levels[s].context_for(x, y, x.dtype))
+            x = haar_reconstruct(x, details)
             log_det = log_det + step
         v, step = self._warp_out(x)
         return v, log_det + step
 
-    def _level_inputs(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    def _level_inputs(
+        self, v: torch.Tensor, y: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """``(tensor, context)`` of every level for images ``v``, after the input checks: ``(y_s, x_{s+1})``
         for the detail levels — each coarse image is the one the transform produced from ``v`` (after the
-        ``bin_warp``, if any) — and
-        ``(x_{S-1}, None)`` for the coarsest."""
-        return self._cascade(self._warped(v)[0])
+        ``bin_warp``, if any) — and ``(x_{S-1}, None)`` for the coarsest; with the (checked) condition ``y``
+        of a conditional model the contexts hold its features too (:meth:`ResolutionLevel.context_for`)."""
+        return self._cascade(self._warped(v)[0], y)
 
     def _warped(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``v`` (shape and dtype checked) after the bin warp (if any), and its log-determinant per image."""
         self.check_input(v)
         return self._warp_in(v)
 
-    def _cascade(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """``(y_s, x_{s+1})`` of every detail level and ``(x_{S-1}, None)`` of the coarsest, after checking that
-        the coarsest image lies in :meth:`support`'s bounds (one vectorised check, one host synchronisation)."""
+    def _cascade(
+        self, v: torch.Tensor, y: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(y_s, context_s)`` of every detail level and ``(x_{S-1}, context)`` of the coarsest, after checking
+        that the coarsest image lies in :meth:`support`'s bounds (one vectorised check, one host
+        synchronisation). The contexts are the coarse images ``x_{s+1}`` (``None`` for the coarsest level), joined
+        by the features of the checked condition ``y`` where it is given (a caller that uses only the levels'
+        tensors, as :meth:`initialize_from_data`, leaves it out)."""
         steps = haar_cascade(v, self.num_levels)
         coarsest = steps[-1][1] if steps else v
         self._check_support(coarsest, v)
-        return [*steps, (coarsest, None)]
+        pairs = [*steps, (coarsest, None)]
+        if y is None:
+            return pairs
+        return [(x, level.context_for(c, y, v.dtype)) for level, (x, c) in zip(self.levels, pairs, strict=True)]
 
     def support(self) -> tuple[float, float]:
         """The open interval that every pixel of the coarsest image (the ``2^(S−1)``-pixel block means of ``v``)
@@ -411,44 +478,62 @@ class MRCNF(FlowModel):
             level.initialize_standardization(x, overwrite)
 
     def level_flow_matching_losses(
-        self, v: torch.Tensor, sigma: float = 1e-4, **options: Any
+        self, v: torch.Tensor, sigma: float = 1e-4, y: torch.Tensor | None = None, **options: Any
     ) -> list[torch.Tensor]:
         """Per-level mean flow-matching losses (each level must be one CNF); see :mod:`flowplug.cnf.flow_matching`.
         ``options`` (``coupling``, ``time_sampling``, ``time_options``) go to
         :meth:`flowplug.CNF.flow_matching_loss`. A frozen level (no parameter requires a gradient, see
-        :meth:`set_trainable_levels`, e.g. the old levels after :meth:`grow`) is not computed: its term is 0."""
+        :meth:`set_trainable_levels`, e.g. the old levels after :meth:`grow`) is not computed: its term is 0.
+        A conditional model regresses given ``y``; with class labels the ``"ot"`` coupling pairs data and
+        noise within each class only (:mod:`flowplug.cnf.coupling`)."""
+        warped = self._warped(v)[0]
+        y = self.check_condition(y, v)
+        if self.num_classes is not None:
+            options = {**options, "groups": y}
         frozen = set(self.frozen_levels())
         return [
             x.new_zeros(()) if s in frozen else level.flow_matching_loss(x, context, sigma, **options).mean()
-            for s, (level, (x, context)) in enumerate(zip(self.levels, self._level_inputs(v), strict=True))
+            for s, (level, (x, context)) in enumerate(zip(self.levels, self._cascade(warped, y), strict=True))
         ]
 
     # -------------------------------------------------------------------------------------------- sampling
     def sample(
-        self, num_samples: int = 1, temperature: float | None = None
+        self, num_samples: int = 1, temperature: float | None = None, y: torch.Tensor | int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample coarse to fine: ``(v, log q(v))``; ``temperature`` scales every level's base std."""
+        """Sample coarse to fine: ``(v, log q(v))``; ``temperature`` scales every level's base std. A conditional
+        model samples given ``y``: one label for every sample (an ``int``) or one label (vector) per sample;
+        ``log q`` is then ``log q(v | y)``."""
         check_num_samples(num_samples)
-        x, log_q = self.levels[-1].sample(num_samples, temperature=temperature)
-        return self._refine(x, log_q, self.num_levels - 1, temperature)
+        y = self.sample_condition(num_samples, y)
+        coarsest = self.levels[-1]
+        dtype = coarsest.base._anchor.dtype  # the model's dtype (the base holds no parameter)
+        x, log_q = coarsest.sample(num_samples, context=coarsest.context_for(None, y, dtype),
+                                   temperature=temperature)
+        return self._refine(x, log_q, self.num_levels - 1, temperature, y)
 
     def _refine(
-        self, x: torch.Tensor, log_q: torch.Tensor, from_level: int, temperature: float | None
+        self, x: torch.Tensor, log_q: torch.Tensor, from_level: int, temperature: float | None,
+        y: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample the details of levels ``from_level − 1 … 0`` given the coarse image ``x``."""
+        """Sample the details of levels ``from_level − 1 … 0`` given the coarse image ``x`` (and the checked
+        condition ``y``)."""
         for s in range(from_level - 1, -1, -1):
-            y, log_q_s = self.levels[s].sample(x.shape[0], context=x, temperature=temperature)
-            x = haar_reconstruct(x, y)
+            details, log_q_s = self.levels[s].sample(x.shape[0], context=self.levels[s].context_for(x, y, x.dtype),
+                                                     temperature=temperature)
+            x = haar_reconstruct(x, details)
             log_q = log_q + log_q_s
         v, log_det = self._warp_out(x)
         return v, log_q - log_det
 
-    def super_resolve(self, coarse: torch.Tensor, temperature: float | None = 1.0) -> torch.Tensor:
+    def super_resolve(
+        self, coarse: torch.Tensor, temperature: float | None = 1.0, y: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         """Upsample coarse images ``(B, C, h, w)`` to the model's full resolution by sampling their details.
 
         ``h, w`` must be the size of one of the model's coarse images (``H / 2^k`` for ``1 ≤ k ≤ S-1``); the
         output's Haar coarse part at that size equals ``coarse`` (with a ``bin_warp``: the warped output's, which
-        differs only within the dequantisation noise). ``temperature=0`` takes each base's mode.
+        differs only within the dequantisation noise). ``temperature=0`` takes each base's mode. A conditional
+        model samples the details given ``y`` (one label for all images, or one per image).
         """
         check_floating(coarse, "coarse")
         channels, height, width = self.image_shape
@@ -459,8 +544,9 @@ class MRCNF(FlowModel):
                 f"got {tuple(coarse.shape)}"
             )
         k = sizes[tuple(coarse.shape[2:])]
+        y = self.sample_condition(coarse.shape[0], y)
         log_q = torch.zeros(coarse.shape[0], dtype=coarse.dtype, device=coarse.device)
-        return self._refine(coarse, log_q, k, temperature)[0]
+        return self._refine(coarse, log_q, k, temperature, y)[0]
 
     # -------------------------------------------------------------------------------- level-wise training
     def set_trainable_levels(self, levels: Iterable[int] | None) -> None:

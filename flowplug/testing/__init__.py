@@ -19,6 +19,14 @@ from flowplug.testing.assertions import (
     assert_sample_log_prob_consistent,
     default_tolerances,
 )
+from flowplug.testing.conditional import (
+    ConditionedModel,
+    assert_condition_matters,
+    assert_conditional_flow,
+    assert_conditional_sampling,
+    class_labels,
+    conditioned,
+)
 from flowplug.testing.modules import perturb_parameters
 
 _LAZY = {
@@ -46,10 +54,16 @@ _LAZY = {
 
 __all__ = [
     "ComposedFlow",
+    "ConditionedModel",
     "assert_batch_independent",
+    "assert_condition_matters",
+    "assert_conditional_flow",
+    "assert_conditional_sampling",
     "assert_invertible",
     "assert_log_det_correct",
     "assert_sample_log_prob_consistent",
+    "class_labels",
+    "conditioned",
     "default_tolerances",
     "perturb_parameters",
     *sorted(_LAZY),

@@ -26,9 +26,11 @@ def step_generator(seed: int, step: int, purpose: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
-def batches(data: ImageData, batch_size: int, seed: int, start_step: int) -> Iterator[torch.Tensor]:
-    """This process's share of each global batch of ``batch_size`` integer images, from ``start_step`` on,
-    forever; epochs are reshuffled by ``seed`` and the incomplete last batch is dropped."""
+def batches(data: ImageData, batch_size: int, seed: int, start_step: int
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """This process's share of each global batch of ``batch_size`` integer images and their labels (``None``
+    for unlabelled data), from ``start_step`` on, forever; epochs are reshuffled by ``seed`` and the incomplete
+    last batch is dropped."""
     world = distributed.world_size()
     per_rank = batch_size // world
     steps_per_epoch = len(data) // batch_size
@@ -41,15 +43,17 @@ def batches(data: ImageData, batch_size: int, seed: int, start_step: int) -> Ite
         order = list(sampler)
         for b in range(position, steps_per_epoch):
             step += 1
-            yield data.x[order[b * per_rank:(b + 1) * per_rank]]
+            chosen = order[b * per_rank:(b + 1) * per_rank]
+            yield data.x[chosen], None if data.y is None else data.y[chosen]
 
 
 def make_batch(
     x: torch.Tensor, n_bins: int, generator: torch.Generator, *, hflip: bool, dtype: torch.dtype,
-    device: torch.device,
+    device: torch.device, y: torch.Tensor | None = None,
 ) -> Batch:
-    """The training :class:`~flowplug.data.Batch` of integer images ``x``: optional random flips, then one
-    dequantisation per pixel, on ``device``."""
+    """The training :class:`~flowplug.data.Batch` of integer images ``x`` (and their labels ``y``, if any):
+    optional random flips, then one dequantisation per pixel, on ``device``."""
     if hflip:
         x = random_hflip(x, generator)
-    return Batch(dequantize(x, n_bins, generator=generator, dtype=dtype).to(device), n_bins)
+    v = dequantize(x, n_bins, generator=generator, dtype=dtype).to(device)
+    return Batch(v, n_bins, None if y is None else y.to(device))

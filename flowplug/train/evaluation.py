@@ -23,8 +23,9 @@ from flowplug.cnf.flow import CNF, DIVERGENCES
 from flowplug.cnf.solver import FIXED_STEP_METHODS, MAX_ADAPTIVE_STEPS, SolverSettings
 from flowplug.data import ImageData, dequantize
 from flowplug.metrics import bits_per_dim, level_bits_per_dim
-from flowplug.models.base import FlowModel
+from flowplug.models.base import FlowModel, condition_kwargs
 from flowplug.train import distributed
+from flowplug.train.labels import check_labels_fit
 
 __all__ = ["cnf_settings", "count_nfe", "evaluate", "evaluation_inputs", "level_terms"]
 
@@ -76,13 +77,16 @@ def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float
 
 
 def level_terms(model: FlowModel, inputs: torch.Tensor, *, batch_size: int, device: torch.device,
-                nfes: list[int] | None = None) -> Iterator[torch.Tensor]:
+                nfes: list[int] | None = None, labels: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """``(levels, B)`` float64 log-density terms of each batch of the dequantised ``inputs`` under ``model`` (in
-    eval mode, no gradients), on ``device``; each batch's function evaluations are appended to ``nfes``."""
+    eval mode, no gradients), on ``device``; each batch's function evaluations are appended to ``nfes``. A
+    conditional model scores ``log p(v | y)`` with the images' ``labels``."""
     model.eval()
+    parts = [None] * math.ceil(inputs.shape[0] / batch_size) if labels is None else labels.split(batch_size)
     with torch.no_grad():
-        for batch in inputs.split(batch_size):
-            terms = torch.stack(model.level_log_probs(batch.to(device))).double()
+        for batch, y in zip(inputs.split(batch_size), parts, strict=True):
+            given = condition_kwargs(model, None if y is None else y.to(device))
+            terms = torch.stack(model.level_log_probs(batch.to(device), **given)).double()
             nfe = count_nfe(model)
             if nfes is not None and nfe is not None:
                 nfes.append(nfe)
@@ -107,19 +111,23 @@ def evaluate(
 
     ``per_level_bpd[s]`` is level ``s``'s share ``-E[log p_s] / (D ln 2)``; their sum plus ``log2(n_bins)`` is
     ``bpd``. ``autocast`` is the precision context to score in (default none); ``trace`` and ``tolerance``
-    override the CNFs' evaluation settings (:func:`cnf_settings`).
+    override the CNFs' evaluation settings (:func:`cnf_settings`). A conditional model is scored given the
+    images' labels: ``bpd`` is then the conditional ``-log p(v | y)`` in bits per dimension.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(data) == 0:
         raise ValueError(f"{data.name} has no images to evaluate")
     device = torch.device(device)
-    mine = evaluation_inputs(data, seed, dtype)[distributed.rank()::distributed.world_size()]
+    check_labels_fit(model, data)
+    share = slice(distributed.rank(), None, distributed.world_size())
+    mine = evaluation_inputs(data, seed, dtype)[share]
+    labels = data.y[share] if model.is_conditional else None
     sums, nfes = None, []
     with torch.random.fork_rng(devices=[]), autocast or contextlib.nullcontext(), \
             cnf_settings(model, trace=trace, tolerance=tolerance):
         torch.manual_seed(seed)
-        for terms in level_terms(model, mine, batch_size=batch_size, device=device, nfes=nfes):
+        for terms in level_terms(model, mine, batch_size=batch_size, device=device, nfes=nfes, labels=labels):
             sums = terms.sum(1) if sums is None else sums + terms.sum(1)
     count = torch.tensor(float(mine.shape[0]), dtype=torch.float64, device=device)
     totals = distributed.all_reduce_mean(torch.cat([sums, count.view(1)]))
@@ -129,6 +137,7 @@ def evaluate(
         "bpd": float(bits_per_dim(mean_terms, dims, data.n_bins)),
         "per_level_bpd": [float(b) for b in level_bits_per_dim(mean_terms, dims)],
         "num_images": len(data),
+        **({"conditional": True} if model.is_conditional else {}),
     }
     if nfes:
         result["nfe"] = sum(nfes) / len(nfes)

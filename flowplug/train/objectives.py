@@ -26,7 +26,7 @@ from flowplug.cnf.coupling import COUPLINGS, TIME_OPTIONS, TIME_SAMPLINGS, sampl
 from flowplug.data import Batch
 from flowplug.losses import collect_extra_losses
 from flowplug.metrics import bits_per_dim
-from flowplug.models.base import FlowModel
+from flowplug.models.base import FlowModel, condition_kwargs
 from flowplug.registry import check_arguments, components, get_component, register
 
 __all__ = ["Objective", "ObjectiveModule", "check_objective_fits", "flow_matching", "get_objective", "likelihood",
@@ -44,8 +44,9 @@ def likelihood(model: FlowModel, batch: Batch) -> tuple[torch.Tensor, dict[str, 
 
     Frozen levels (:meth:`~flowplug.models.base.FlowModel.set_trainable_levels`: level-wise training, a
     likelihood phase on some levels) are skipped, their terms being constants to the optimiser: ``nll`` is then
-    that of the trained levels, and no ``bpd`` is logged (it would not be the model's)."""
-    log_prob = model.trainable_log_prob(batch.v)
+    that of the trained levels, and no ``bpd`` is logged (it would not be the model's). A conditional model scores
+    ``log p(v | y)`` with the batch's labels."""
+    log_prob = model.trainable_log_prob(batch.v, **condition_kwargs(model, batch.y))
     nll = -log_prob.mean()
     metrics = {"nll": nll.detach()}
     if not model.frozen_levels():
@@ -71,9 +72,11 @@ def flow_matching(
     (``docs/benchmarks.md``, "What made the difference": OT and u² times did not help).
 
     No ODE is solved, so no likelihood is logged during training; evaluation still reports the
-    exact-likelihood bits per dimension. Logs ``fm_loss`` and ``fm_level_<s>`` per level.
+    exact-likelihood bits per dimension. Logs ``fm_loss`` and ``fm_level_<s>`` per level. A conditional model
+    regresses given the batch's labels (its ``"ot"`` pairing stays within each class).
     """
-    terms = model.level_flow_matching_losses(batch.v, sigma=sigma, coupling=coupling,
+    terms = model.level_flow_matching_losses(batch.v, sigma=sigma, **condition_kwargs(model, batch.y),
+                                             coupling=coupling,
                                              time_sampling=time_sampling, time_options=time_options)
     loss = torch.stack(terms).sum()
     metrics = {f"fm_level_{s}": term.detach() for s, term in enumerate(terms)}
@@ -90,8 +93,8 @@ class ObjectiveModule(nn.Module):
         self.objective = objective
         self.n_bins = n_bins
 
-    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, metrics = self.objective(self.model, Batch(v, self.n_bins))
+    def forward(self, v: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, metrics = self.objective(self.model, Batch(v, self.n_bins, y))
         for name, term in collect_extra_losses(self.model).items():
             loss = loss + term
             metrics[name] = term.detach()

@@ -21,6 +21,7 @@ from flowplug.data import ImageData
 from flowplug.train.checkpoint import Checkpoint, CheckpointError, capture_rng, load_checkpoint, restore_rng
 from flowplug.train.distributed import rank_zero_only, world_size
 from flowplug.train.feedback import notify
+from flowplug.train.labels import check_labels_fit
 from flowplug.train.run_folder import RunFolder
 from flowplug.train.schedule import extension_segment
 
@@ -64,6 +65,7 @@ def check_data(trainer: Trainer, train: ImageData, val: ImageData | None = None)
     if tuple(model.image_shape) != train.image_shape:
         raise ValueError(f"the model expects images of shape {tuple(model.image_shape)}, "
                          f"the data has {train.image_shape}")
+    check_labels_fit(model, train)
     warp = model.bin_warp
     if warp is not None and warp.n_bins != train.n_bins:
         raise ValueError(f"the model's bin_warp is for n_bins={warp.n_bins} but the data has "

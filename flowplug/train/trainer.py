@@ -34,6 +34,7 @@ from flowplug.train.devices import autocast, resolve_device, resolve_precision
 from flowplug.train.ema import make_ema
 from flowplug.train.evaluation import evaluate
 from flowplug.train.feedback import MetricsLogger, Progress, run_report, save_samples, write_report
+from flowplug.train.labels import grid_labels
 from flowplug.train.objectives import ObjectiveModule, get_objective
 from flowplug.train.phases import advance_phases, check_plan_fits
 from flowplug.train.run_folder import RunFolder
@@ -115,7 +116,6 @@ class Trainer:
     def out_dir(self) -> Path | None:
         return self.folder.root if self.folder is not None else None
 
-
     def current_phase(self) -> dict[str, Any]:
         return self.config.phases[self.phase]
 
@@ -143,7 +143,6 @@ class Trainer:
             self._wrapped, self._wrapped_key = distributed.wrap(wrapped, self.device), (n_bins, self.phase)
         return self._wrapped
 
-
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One optimiser step of the current phase on this process's share ``batch`` of the global batch.
 
@@ -161,12 +160,12 @@ class Trainer:
         self.model.train()
         self._apply_rates()
         self.optimizer.zero_grad(set_to_none=True)
-        chunks = batch.v.chunk(self.config.accumulation)
+        chunks = batch.chunk(self.config.accumulation)
         sums: dict[str, torch.Tensor] = {}
         for i, chunk in enumerate(chunks):
             sync = i == len(chunks) - 1 or not isinstance(module, DistributedDataParallel)
             with (contextlib.nullcontext() if sync else module.no_sync()), self._autocast():
-                loss, metrics = module(chunk)
+                loss, metrics = module(chunk.v, chunk.y)
             (loss / len(chunks)).backward()
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + value.float() / len(chunks)
@@ -202,13 +201,12 @@ class Trainer:
                 f"the last {self._bad_run} steps all produced non-finite losses or gradients (step {self.step}); "
                 "lower the learning rate, use float32/float64, or check the data")
 
-    def _batch(self, x: torch.Tensor, n_bins: int) -> Batch:
-        generator = step_generator(self.config.seed, self.step, NOISE)
-        return make_batch(x, n_bins, generator, hflip=self.config.hflip, dtype=self.dtype, device=self.device)
+    def _batch(self, x: torch.Tensor, y: torch.Tensor | None, n_bins: int) -> Batch:
+        return make_batch(x, n_bins, step_generator(self.config.seed, self.step, NOISE), hflip=self.config.hflip,
+                          dtype=self.dtype, device=self.device, y=y)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)
-
 
     def eval_model(self) -> FlowModel:
         """The weights that evaluation, samples and reports use: the EMA copy when there is one."""
@@ -223,15 +221,17 @@ class Trainer:
                         autocast=self._autocast(), **options)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, temperature: float | None = None) -> torch.Tensor:
-        """Images from the EMA model (or the model without EMA), seeded by the current step."""
+    def sample(self, num_samples: int, temperature: float | None = None, y: torch.Tensor | int | None = None
+               ) -> torch.Tensor:
+        """Images from the EMA model (or the model without EMA), seeded by the current step; a label-conditional
+        model's are of class ``y`` (one label or one per image; default ``0, 1, …, K−1, 0, …``)."""
         model = self.eval_model()
         model.eval()
+        labels = grid_labels(model, num_samples, self.device) if y is None else y
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.config.seed + self.step)
-            v, _ = model.sample(num_samples, temperature=temperature)
+            v, _ = model.sample(num_samples, temperature=temperature, **({} if labels is None else {"y": labels}))
         return v
-
 
     @classmethod
     def restore(cls, checkpoint: Checkpoint, *, device: str | torch.device = "auto") -> Trainer:
@@ -256,7 +256,6 @@ class Trainer:
         if self._last_eval_finite and (self.best_val_bpd is None or bpd < self.best_val_bpd):
             self.best_val_bpd = bpd
         return result
-
 
     def fit(
         self,
@@ -296,12 +295,12 @@ class Trainer:
         quarters = None if cfg.checkpoint_every is not None or self.folder is None else _QUARTERS
         points, last = BudgetPoints(cfg.eval_points if val is not None else None, quarters, progress), {}
         try:
-            for x in batches(train, cfg.batch_size, cfg.seed, self.step):
+            for x, y in batches(train, cfg.batch_size, cfg.seed, self.step):
                 if progress >= 1.0:
                     break
                 advance_phases(self, progress)
                 with self.budget.training():
-                    last = self.train_step(self._batch(x, train.n_bins))
+                    last = self.train_step(self._batch(x, y, train.n_bins))
                 progress_bar.update(last)
                 progress = self.budget.progress(self.step)
                 self._after_step(last, val, data_info, points, progress)
