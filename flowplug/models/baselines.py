@@ -7,6 +7,11 @@ them. Level ``i`` (0 = coarsest) therefore acts on ``C * 2^(L+1-i)`` channels at
 ``H/2^(L-i) x W/2^(L-i)``, and ``H`` and ``W`` must be divisible by ``2^L``. The base
 distributions are normflows' ``GlowBase`` (a learned per-channel Gaussian).
 
+With ``num_classes=K`` the models are class-conditional the way normflows makes Glow so: every level's base
+is normflows' class-conditional ``GlowBase`` (``class_cond=True``: a per-class shift of each channel's mean and
+log-scale), so ``log p(v | y)`` differs between classes only through the bases; the bijection itself does not
+see the label.
+
 The models see ``v`` in ``[0, 1)`` (docs/design.md §3) and first map it to the real line with
 normflows' ``Logit`` transform ``logit(alpha + (1 - 2 alpha) v)``, whose exact log-determinant is
 part of ``log_prob``.
@@ -24,6 +29,7 @@ from torch import nn
 from flowplug._checks import check_num_samples, check_positive_integers
 from flowplug._normflows_components import affine_coupling_block, torch_lu_deprecation_silenced
 from flowplug.bin_warp import EdgeBinWarp
+from flowplug.condition import check_condition_options
 from flowplug.models.base import FlowModel, constructor_spec
 from flowplug.registry import register
 
@@ -54,10 +60,13 @@ class _MultiscaleModel(FlowModel):
         config: dict[str, Any],
         level_flows: Callable[[int], list[nn.Module]],
         bin_warp: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         """``level_flows(channels)`` builds one level's flows in the sampling direction on
-        ``channels``."""
+        ``channels``; ``num_classes`` makes every level's base class-conditional."""
         super().__init__()
+        check_condition_options(num_classes, None, None)
+        self.num_classes = num_classes
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError(
@@ -77,6 +86,8 @@ class _MultiscaleModel(FlowModel):
             config.pop("bin_warp", None)
         else:
             self.bin_warp = EdgeBinWarp(**bin_warp)
+        if num_classes is None:  # likewise: unconditional configs are written as before conditions existed
+            config.pop("num_classes", None)
         self.config = config
 
         base, flows, merges = [], [], []
@@ -85,39 +96,51 @@ class _MultiscaleModel(FlowModel):
             level_channels = channels * 2 ** (levels + 1 - i)
             latent_channels = level_channels if i == 0 else level_channels // 2
             base.append(
-                nf.distributions.GlowBase((latent_channels, height // scale, width // scale))
+                nf.distributions.GlowBase((latent_channels, height // scale, width // scale), num_classes=num_classes)
             )
             flows.append(level_flows(level_channels))
             if i > 0:
                 merges.append(nf.flows.Merge())
         self.flow = _MultiscaleFlow(
-            base, flows, merges, transform=nf.transforms.Logit(alpha), class_cond=False
+            base, flows, merges, transform=nf.transforms.Logit(alpha), class_cond=num_classes is not None
         )
 
-    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, v: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``log p(v)``, or ``log p(v | y)`` given the class labels ``y`` of a class-conditional model."""
         self.check_input(v)
+        y = self.check_condition(y, v)
         warped, log_det = self._warp_in(v)
-        return self.flow.log_prob(warped) + log_det
+        return self.flow.log_prob(warped, y) + log_det
 
     def sample(
-        self, num_samples: int = 1, temperature: float | None = None
+        self, num_samples: int = 1, temperature: float | None = None, y: torch.Tensor | int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v, log q(v))``; a class-conditional model samples class ``y`` (one label, or one per sample)."""
         check_num_samples(num_samples)
         if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        x, log_q = self.flow.sample(num_samples, temperature=temperature)
+        y = self.sample_condition(num_samples, y)
+        x, log_q = self.flow.sample(num_samples, y=y, temperature=temperature)
         v, log_det = self._warp_out(x)
         return v, log_q - log_det
 
-    def forward_and_log_det(self, z: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``v`` from the per-level latents ``z`` (coarsest first) and ``log|det ∂v/∂z|``."""
+    def forward_and_log_det(
+        self, z: list[torch.Tensor], y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``v`` from the per-level latents ``z`` (coarsest first) and ``log|det ∂v/∂z|``. The map does
+        not depend on the label (only the bases do); a class-conditional model still checks ``y``."""
+        self.check_condition(y, z[0])
         x, log_det = self.flow.forward_and_log_det(z)
         v, step = self._warp_out(x)
         return v, log_det + step
 
-    def inverse_and_log_det(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-level latents (coarsest first) of ``v`` and ``log|det ∂z/∂v|``."""
+    def inverse_and_log_det(
+        self, v: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-level latents (coarsest first) of ``v`` and ``log|det ∂z/∂v|`` (the map does not depend on the
+        label; a class-conditional model still checks ``y``)."""
         self.check_input(v)
+        self.check_condition(y, v)
         warped, log_det = self._warp_in(v)
         z, step = self.flow.inverse_and_log_det(warped)
         return z, log_det + step
@@ -134,7 +157,8 @@ class Glow(_MultiscaleModel):
 
     ``hidden_channels`` is the width of each coupling network; ``scale_map`` is the coupling's scale
     nonlinearity (``"sigmoid"`` as in Glow, or ``"exp"``). ActNorm initialises from the first batch
-    it sees.
+    it sees. ``num_classes`` makes it class-conditional (normflows' class-conditional ``GlowBase`` at every
+    level): ``log_prob(v, y)``, ``sample(n, y=...)``.
     """
 
     def __init__(
@@ -146,6 +170,7 @@ class Glow(_MultiscaleModel):
         alpha: float = 0.05,
         scale_map: str = "sigmoid",
         bin_warp: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         config = constructor_spec("glow", Glow.__init__, locals())
         if scale_map not in SCALE_MAPS:
@@ -161,7 +186,7 @@ class Glow(_MultiscaleModel):
                 ]
             return [*blocks, nf.flows.Squeeze()]
 
-        super().__init__(image_shape, levels, depth, alpha, config, level_flows, bin_warp)
+        super().__init__(image_shape, levels, depth, alpha, config, level_flows, bin_warp, num_classes)
 
 
 @register("realnvp", kind="model")
@@ -184,6 +209,7 @@ class RealNVP(_MultiscaleModel):
         hidden_channels: int = 64,
         alpha: float = 0.05,
         bin_warp: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         config = constructor_spec("realnvp", RealNVP.__init__, locals())
 
@@ -200,4 +226,4 @@ class RealNVP(_MultiscaleModel):
             checkerboard = couplings(channels // 4, ("checkerboard", "checkerboard_inv"))
             return [*channel, nf.flows.Squeeze(), *checkerboard]
 
-        super().__init__(image_shape, levels, depth, alpha, config, level_flows, bin_warp)
+        super().__init__(image_shape, levels, depth, alpha, config, level_flows, bin_warp, num_classes)

@@ -156,9 +156,9 @@ def test_config_records_every_constructor_argument(cls):
     import inspect
 
     parameters = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    model = cls((1, 8, 8), levels=1, depth=1, hidden_channels=4, bin_warp={"n_bins": 17})
+    model = cls((1, 8, 8), levels=1, depth=1, hidden_channels=4, bin_warp={"n_bins": 17}, num_classes=2)
     assert list(model.config) == ["type", *parameters]
     assert model.config["image_shape"] == [1, 8, 8] and model.config["depth"] == 1
     assert flowplug.build(model.config).config == model.config
     # without a warp the key is left out, so configs (and checkpoints) of older versions match
-    assert "bin_warp" not in cls((1, 8, 8), levels=1, depth=1, hidden_channels=4).config
+    assert not {"bin_warp", "num_classes"} & set(cls((1, 8, 8), levels=1, depth=1, hidden_channels=4).config)
