@@ -206,6 +206,18 @@ def _resumed_state(args: argparse.Namespace) -> Any:
     return resume_point(args.resume, RunFolder(Path(args.out)))
 
 
+def _conditional_options(args: argparse.Namespace, data: ImageData) -> None:
+    """``--conditional``: the model is conditioned on the data's class labels (``num_classes`` from the data,
+    unless ``--model-options`` gives it); a resumed or grown run keeps its own model's condition."""
+    if not args.conditional:
+        return
+    if args.resume or args.grow_from is not None:
+        raise ValueError("--conditional chooses a new model; a resumed or grown run keeps its own model (and its "
+                         "condition)")
+    data.labels()  # refuses unlabelled data, naming the sources that carry labels
+    args.model_options = {"num_classes": data.num_classes, **(args.model_options or {})}
+
+
 def _check_growth_flags(args: argparse.Namespace) -> None:
     """The flags that go with ``--grow-from``, and those that do not."""
     if args.grow_from is None:
@@ -247,6 +259,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_growth_flags(args)
     resumed = _resumed_state(args)
     data = load_dataset(args.data, root=args.data_root, size=args.size, channels=args.channels)
+    _conditional_options(args, data)
     record, parent = None, None
     if args.grow_from is not None:
         model, parent, config = _grown(args, data)
@@ -300,12 +313,18 @@ def _sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else RunFolder.samples_of(_checkpoint_path(args.checkpoint), args.temperature)
     _check_out(out, folder=False)
     trainer, _ = _restore(args)
+    classes = trainer.model.num_classes
+    if args.label is not None and classes is None:
+        raise ValueError("--label needs a class-conditional model; this checkpoint's model is not one")
     torch.manual_seed(args.seed)
     with _solver(args, trainer):
-        v = trainer.sample(args.num, args.temperature)
-    save_samples(v, out, zoom=args.zoom)
+        v = trainer.sample(args.num, args.temperature, y=args.label)
+    per_class = classes is not None and args.label is None
+    save_samples(v, out, zoom=args.zoom, columns=classes if per_class else None)
     if out.exists():
-        print(f"wrote {args.num} samples (temperature {args.temperature}) to {out}")
+        what = (f" of class {args.label}" if args.label is not None else
+                f", one class per column (0..{classes - 1})" if per_class else "")
+        print(f"wrote {args.num} samples{what} (temperature {args.temperature}) to {out}")
     return 0
 
 
@@ -437,6 +456,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out instead of refusing")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--conditional", action="store_true",
+                       help="condition the model on the data's class labels (num_classes from the data: an "
+                            ".npz's y, the digits, one sub-folder per class, cifar10/mnist)")
     train.set_defaults(run=_train)
 
     for name, run, text in (("sample", _sample, "save a PNG grid of samples from a checkpoint"),
@@ -460,6 +482,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "sample":
             command.add_argument("--num", type=int, default=64)
             command.add_argument("--temperature", type=float, default=1.0)
+            command.add_argument("--label", type=int, metavar="K",
+                                 help="a class-conditional model's class to sample (default: every class, one "
+                                      "per column of the grid)")
             command.add_argument("--out", help="PNG path (default: <run>/samples/<checkpoint>-t<temperature>.png)")
             command.add_argument("--zoom", type=int,
                                  help="upscale the grid this many times (default: to at least 256 pixels a side)")

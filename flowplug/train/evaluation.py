@@ -81,6 +81,9 @@ def level_terms(model: FlowModel, inputs: torch.Tensor, *, batch_size: int, devi
     """``(levels, B)`` float64 log-density terms of each batch of the dequantised ``inputs`` under ``model`` (in
     eval mode, no gradients), on ``device``; each batch's function evaluations are appended to ``nfes``. A
     conditional model scores ``log p(v | y)`` with the images' ``labels``."""
+    if model.is_conditional and labels is None:
+        raise ValueError(f"{type(model).__name__} is conditional: scoring images needs their labels (log p(v | y)); "
+                         "out-of-distribution scores, which need p(v), are not defined for conditional models")
     model.eval()
     parts = [None] * math.ceil(inputs.shape[0] / batch_size) if labels is None else labels.split(batch_size)
     with torch.no_grad():

@@ -161,14 +161,16 @@ def save_image_grid(v: torch.Tensor, path: str | Path, columns: int | None = Non
     Image.fromarray(pixels).save(path)
 
 
-def save_samples(v: torch.Tensor, path: str | Path, zoom: int | None = None) -> None:
-    """Save samples ``v`` as a grid (:func:`save_image_grid`), leaving out samples with non-finite pixels (an
-    unstable flow's inverse can overflow) and saying how many; nothing is written when none is finite."""
+def save_samples(v: torch.Tensor, path: str | Path, zoom: int | None = None, columns: int | None = None) -> None:
+    """Save samples ``v`` as a grid (:func:`save_image_grid`, ``columns`` wide: a class-conditional model's
+    samples of labels ``0, 1, …, K−1, 0, …`` in ``K`` columns show one class per column), leaving out samples
+    with non-finite pixels (an unstable flow's inverse can overflow) and saying how many; nothing is written
+    when none is finite."""
     finite = torch.isfinite(v.flatten(1)).all(1)
     if not finite.all():
         notify(f"{int((~finite).sum())} of {len(v)} samples have non-finite pixels and are left out of {path}")
     if finite.any():
-        save_image_grid(v[finite], path, zoom=zoom)
+        save_image_grid(v[finite], path, columns=columns if finite.all() else None, zoom=zoom)
 
 
 def run_report(trainer: Any, last: dict[str, float], elapsed: float, steps_run: int,

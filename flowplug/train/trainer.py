@@ -346,4 +346,4 @@ class Trainer:
 
     def _save_samples(self) -> None:
         v = self.sample(self.config.num_samples, self.config.temperature)
-        save_samples(v, self.folder.samples(self.step, self.config.temperature))
+        save_samples(v, self.folder.samples(self.step, self.config.temperature), columns=self.model.num_classes)
