@@ -145,3 +145,12 @@ def test_progressive_128_quick(tmp_path: Path) -> None:
     assert grown["parent"]["checkpoint"].startswith(str((tmp_path / "stage-8").resolve()))
     assert (tmp_path / "samples-16.png").stat().st_size > 0
     assert "16x16: held-out" in out
+
+
+def test_conditional_digits(tmp_path: Path) -> None:
+    out = run_example("conditional_digits.py", "--quick", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert np.isfinite(results["held_out"]["bpd"]) and results["held_out"]["conditional"] is True
+    assert results["samples_judged"] > 0 and 0 <= results["samples_recognised"] <= 1
+    assert (tmp_path / "samples_per_class.png").stat().st_size > 0
+    assert "one class per column (0..9)" in out
