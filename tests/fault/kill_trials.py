@@ -6,7 +6,9 @@ rotates checkpoints. Each trial starts it under ``traced_train.py`` (the unchang
 enters each phase) and kills it with SIGKILL:
 
 - *uniform* trials at a moment drawn uniformly from the whole uninterrupted run, process start to exit
-  (interpreter start-up and imports included: the part a user's kill most often lands in);
+  (interpreter start-up and imports included: the part a user's kill most often lands in), placed at the same
+  point of the trial's own progress (after the same marker), so that load on the machine does not push kills
+  past the end of the run;
 - *targeted* trials a random fraction of a phase's duration after the process enters it (a phase drawn
   uniformly, then one of its occurrences): short phases such as writing ``best.pt``, the samples or the
   report get kills too.
@@ -201,16 +203,18 @@ def differences(expected: Path, got: Path) -> list[str]:
 
 # -- the trials -----------------------------------------------------------------------------------------------------
 def _reference(folder: Path, config: Path) -> dict[str, Any]:
-    """The uninterrupted run: its folder, its duration (start to exit) and its markers."""
+    """The uninterrupted run: its folder, its duration (start to exit), its markers and how long the process
+    stayed at each (the last one: until the process ended), and the seconds before its first marker."""
     log = folder / "reference.log"
-    start = time.monotonic()
+    start, started = time.monotonic(), time.time()
     process = _start(_command(folder / "reference", config), log)
     _, err = process.communicate(timeout=600)
-    duration = time.monotonic() - start
+    duration, ended = time.monotonic() - start, time.time()
     assert process.returncode == 0, err
     markers = _markers(log)
     return {"out": folder / "reference", "duration": duration, "markers": markers,
-            "lengths": [b[2] - a[2] for a, b in itertools.pairwise(markers)] + [0.0]}
+            "head": markers[0][2] - started,
+            "lengths": [b[2] - a[2] for a, b in itertools.pairwise(markers)] + [ended - markers[-1][2]]}
 
 
 def _wait_for_line(log: Path, count: int, process: subprocess.Popen) -> None:
@@ -229,11 +233,9 @@ def _wait_for_line(log: Path, count: int, process: subprocess.Popen) -> None:
 def _kill(process: subprocess.Popen, log: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """Kill ``process`` as ``plan`` says; returns where the kill landed."""
     start = time.monotonic()
-    if plan["kind"] == "uniform":
-        time.sleep(plan["delay"])
-    else:
+    if plan["marker"] is not None:
         _wait_for_line(log, plan["marker"] + 1, process)
-        time.sleep(plan["delay"])
+    time.sleep(plan["delay"])
     ended = process.poll() is not None
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -247,10 +249,24 @@ def _kill(process: subprocess.Popen, log: Path, plan: dict[str, Any]) -> dict[st
 def _plan(rng: random.Random, reference: dict[str, Any], targeted: float, phase: str | None = None
           ) -> dict[str, Any]:
     """A uniform kill (a share ``1 - targeted`` of the trials, or when ``phase`` is "uniform") or one aimed at
-    ``phase`` (default: a phase drawn uniformly)."""
-    if phase == "uniform" or (phase is None and rng.random() >= targeted):
-        return {"kind": "uniform", "delay": rng.uniform(0.0, reference["duration"])}
+    ``phase`` (default: a phase drawn uniformly): ``marker`` (None: the process start) and the seconds after it.
+
+    A uniform kill's moment is drawn from the reference run's whole duration and then placed at the same point
+    of the trial's own run (the same marker, the same seconds after it), so a machine busier or quieter than
+    during the reference run still gets kills spread over the whole run rather than after its end."""
     markers = reference["markers"]
+    if phase == "uniform" or (phase is None and rng.random() >= targeted):
+        moment = rng.uniform(0.0, reference["duration"])
+        plan = {"kind": "uniform", "at_reference_s": round(moment, 3), "marker": None, "delay": moment}
+        moment -= reference["head"]
+        for i, length in enumerate(reference["lengths"]):
+            if moment < 0:
+                break
+            plan["marker"], plan["delay"] = i, min(moment, length)
+            moment -= length
+        if plan["marker"] is not None:
+            plan["target"] = f"{markers[plan['marker']][0]} {markers[plan['marker']][1]}".strip()
+        return plan
     phase = phase or rng.choice(sorted({m[0] for m in markers}))
     marker = rng.choice([i for i, m in enumerate(markers) if m[0] == phase])
     return {"kind": "targeted", "marker": marker, "target": f"{phase} {markers[marker][1]}".strip(),
@@ -283,10 +299,11 @@ def _finish(out: Path, config: Path) -> tuple[list[str], str | None]:
 
 
 def run_trials(trials: int, folder: Path, seed: int = 0, targeted: float = 0.5,
-               phases: tuple[str, ...] | None = None) -> dict[str, Any]:
+               phases: tuple[str, ...] | None = None, progress: Path | None = None) -> dict[str, Any]:
     """Run ``trials`` kill-and-finish trials in ``folder`` (a share ``targeted`` of them at a phase drawn at
     random; or, given ``phases``, trial ``i`` at ``phases[i % len(phases)]``, "uniform" for a uniform kill);
-    returns the window, the phases hit, the failures and the time taken."""
+    returns the window, the phases hit, the failures and the time taken (and writes the kills so far to
+    ``progress`` after each trial, when given)."""
     rng = random.Random(seed)
     config = folder / "config.json"
     config.write_text(json.dumps(CONFIG))
@@ -308,6 +325,8 @@ def run_trials(trials: int, folder: Path, seed: int = 0, targeted: float = 0.5,
         kills.append({"trial": trial, **{k: v for k, v in plan.items() if k != "marker"}, **hit})
         if error is not None:
             failures.append(f"trial {trial} ({hit['phase']} {hit['step']}): {error}")
+        if progress is not None:
+            progress.write_text(json.dumps({"trials_done": trial + 1, "failures": failures, "kills": kills}) + "\n")
     phases = collections.Counter(k["phase"] for k in kills)
     spent: dict[str, float] = collections.defaultdict(float)
     for (phase, _, _), length in zip(reference["markers"], reference["lengths"], strict=True):
@@ -327,7 +346,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the result (every kill) here as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        result = run_trials(args.trials, Path(folder), args.seed, args.targeted)
+        progress = args.out.with_suffix(".partial.json") if args.out is not None else None
+        result = run_trials(args.trials, Path(folder), args.seed, args.targeted, progress=progress)
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "kills"}, indent=2))
