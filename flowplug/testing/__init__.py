@@ -35,6 +35,7 @@ _LAZY = {
     "dtypes": "strategies",
     "image_shapes": "strategies",
     "images": "strategies",
+    "labels": "strategies",
     "tensors": "strategies",
     "vector_shapes": "strategies",
     "vectors": "strategies",

@@ -28,6 +28,7 @@ __all__ = [
     "dtypes",
     "image_shapes",
     "images",
+    "labels",
     "sizes",
     "tensors",
     "vector_shapes",
@@ -170,3 +171,21 @@ def images(shape: SearchStrategy | None = None, **options) -> SearchStrategy[tor
 def vectors(shape: SearchStrategy | None = None, **options) -> SearchStrategy[torch.Tensor]:
     """Vector batches: :func:`tensors` of ``shape`` (default :func:`vector_shapes`)."""
     return tensors(vector_shapes() if shape is None else shape, **options)
+
+
+@st.composite
+def labels(draw, num_classes: int, batch_size: Size, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Class labels for a conditional model: an int64 tensor ``(batch_size,)`` of values in ``0 … num_classes − 1``,
+    sometimes all one class (one class per batch is what a per-class check runs), sometimes every class
+    in turn, otherwise drawn at random."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    n = draw(sizes(batch_size, name="batch_size"))
+    pattern = draw(st.sampled_from(("one class", "every class", "random")))
+    if pattern == "one class":
+        values = [draw(st.integers(0, num_classes - 1))] * n
+    elif pattern == "every class":
+        values = [i % num_classes for i in range(n)]
+    else:
+        values = draw(st.lists(st.integers(0, num_classes - 1), min_size=n, max_size=n))
+    return torch.tensor(values, dtype=torch.int64, device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 import flowplug
 from flowplug import MRCNF
@@ -13,6 +14,7 @@ from flowplug.testing import (
     assert_conditional_flow,
     assert_conditional_sampling,
     assert_sample_log_prob_consistent,
+    labels,
     perturb_parameters,
 )
 
@@ -159,3 +161,17 @@ def test_grow_and_load_levels_keep_the_condition():
     other = _model(num_classes=3)
     other.load_levels(model, [1])
     torch.testing.assert_close(other.levels[1].condition.embedding.weight, model.levels[1].condition.embedding.weight)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(y=labels(3, (1, 4)))
+def test_each_image_gets_the_density_of_its_own_label_in_a_mixed_batch(y):
+    model = _MIXED
+    v = _images(len(y))
+    with torch.no_grad():
+        together = model.log_prob(v, y)
+        alone = torch.cat([model.log_prob(v[i:i + 1], y[i:i + 1]) for i in range(len(y))])
+    torch.testing.assert_close(together, alone, atol=1e-10, rtol=1e-10)
+
+
+_MIXED = _model(num_classes=3)
