@@ -71,6 +71,14 @@ class MetricsLogger:
             for name, value in metrics.items():
                 self._writer.add_scalar(f"{split}/{name}", value, step)
 
+    def rows(self, step: int, split: str) -> dict[str, float]:
+        """The metrics logged for ``step`` and ``split`` (``{}`` when none were)."""
+        if not self.path.exists():
+            return {}
+        with self.path.open(newline="") as file:
+            return {row[3]: float(row[4]) for row in csv.reader(file)
+                    if len(row) == len(_HEADER) and row[0] == str(step) and row[2] == split}
+
     @rank_zero_only
     def close(self) -> None:
         if self._writer is not None:

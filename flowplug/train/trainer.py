@@ -235,9 +235,8 @@ class Trainer:
 
     @classmethod
     def restore(cls, checkpoint: Checkpoint, *, device: str | torch.device = "auto") -> Trainer:
-        """A trainer holding ``checkpoint`` (:func:`~flowplug.train.checkpoint.load_checkpoint`): its model and
-        weights, EMA, step and options, with no progress bar and no run folder: for evaluating or sampling it.
-        Unknown names in the stored options are refused before the model is built."""
+        """A trainer holding ``checkpoint`` (its model, weights, EMA, step and options; no progress bar, no run
+        folder) for evaluating or sampling it. Unknown names in the stored options are refused before building."""
         config = TrainConfig.from_dict({**(checkpoint.trainer_config or {}), "progress": False})
         trainer = cls(build_model(checkpoint), config, device=device)
         state.load_into(trainer, checkpoint, checkpoint.data)
@@ -247,11 +246,12 @@ class Trainer:
         """The highest-step checkpoint in the run folder, if any."""
         return self.folder.latest() if self.folder is not None else None
 
-    def _score(self, val: ImageData) -> dict[str, Any]:
-        """Evaluate ``val`` in ``fit``: the result joins the curve; a finite one better than the best is the best."""
+    def _score(self, val: ImageData, final: bool = False) -> dict[str, Any]:
+        """Evaluate ``val`` in ``fit``: it joins the curve (a ``final`` one unless a point has its step), the best."""
         result = self.evaluate(val)
         bpd = result["bpd"]
-        self.curve.append({"step": self.step, "train_time_s": round(self.budget.spent_s, 3), "bpd": bpd})
+        if not (final and self.curve and self.curve[-1]["step"] == self.step):
+            self.curve.append({"step": self.step, "train_time_s": round(self.budget.spent_s, 3), "bpd": bpd})
         self._last_eval_finite = math.isfinite(bpd)
         if self._last_eval_finite and (self.best_val_bpd is None or bpd < self.best_val_bpd):
             self.best_val_bpd = bpd
@@ -311,9 +311,10 @@ class Trainer:
             raise
         finally:
             progress_bar.close()
+        last = last or (self._logger.rows(self.step, "train") if self._logger is not None else {})  # none this run
         report = run_report(self, last, time.monotonic() - self._fit_started, self.step - start_step, data_info)
         if val is not None:
-            report["held_out"], report["curve"] = self._score(val), self.curve
+            report["held_out"], report["curve"] = self._score(val, final=True), self.curve
         if self.folder is not None:
             state.save(self, data_info, report.get("held_out", {}).get("bpd"))
             write_report(report, self.folder)

@@ -39,9 +39,6 @@ def test_a_killed_run_always_resumes_bit_for_bit(tmp_path):
     assert "ended" not in result["phases_hit"]  # every kill interrupted the run
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer.fit adds the final evaluation to the curve again and reports no "
-                                       "final training loss when it resumes a finished run (needs the fix in "
-                                       "flowplug/train/trainer.py described with issue 28)")
 def test_a_run_killed_after_its_final_checkpoint_resumes_bit_for_bit(tmp_path):
     result = run_trials(1, tmp_path, seed=0, phases=("report",))
     assert result["failures"] == [], result["failures"]
