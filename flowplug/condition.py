@@ -14,16 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flowplug._checks import check_positive_integers
+
 __all__ = ["DEFAULT_EMBEDDING_DIM", "ConditionEncoder", "check_condition", "check_condition_options",
            "spatial_features"]
 
 DEFAULT_EMBEDDING_DIM = 16
 """Width of a label's learned embedding when ``embedding_dim`` is not given."""
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def check_condition_options(
@@ -34,15 +31,15 @@ def check_condition_options(
     if num_classes is not None and condition_dim is not None:
         raise ValueError("give num_classes (class labels) or condition_dim (a vector), not both")
     if num_classes is not None:
-        _positive_int("num_classes", num_classes)
+        check_positive_integers(num_classes=num_classes)
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (one class is no condition), got {num_classes}")
     if condition_dim is not None:
-        _positive_int("condition_dim", condition_dim)
+        check_positive_integers(condition_dim=condition_dim)
     if embedding_dim is not None:
         if num_classes is None:
             raise TypeError("embedding_dim sets the width of a label's embedding; it needs num_classes")
-        _positive_int("embedding_dim", embedding_dim)
+        check_positive_integers(embedding_dim=embedding_dim)
 
 
 def check_condition(
