@@ -25,7 +25,7 @@ import torch
 
 from flowplug import __version__
 from flowplug.cnf.solver import ODESolverError
-from flowplug.data import DATASET_NAMES, ImageData, load_dataset
+from flowplug.data import DATASET_NAMES, ImageData
 from flowplug.recipes import DEFAULT_RECIPE, RecipePlan, load_recipe, plan, recipes
 from flowplug.registry import KINDS, components, get_component
 from flowplug.threads import THREADS_ENV, set_threads, wait_policy
@@ -36,7 +36,7 @@ from flowplug.train.evaluation import cnf_settings
 from flowplug.train.feedback import save_samples
 from flowplug.train.growth import load_parent
 from flowplug.train.run_folder import RunFolder
-from flowplug.train.splits import SPLITS, evaluation_split, training_split
+from flowplug.train.splits import SPLITS, RecordedData, evaluation_split, training_split
 from flowplug.train.state import resume_point
 
 __all__ = ["OLD_LEVELS", "main"]
@@ -258,7 +258,8 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     _check_growth_flags(args)
     resumed = _resumed_state(args)
-    data = load_dataset(args.data, root=args.data_root, size=args.size, channels=args.channels)
+    source = _data_source(args, resumed.data if resumed is not None else None)
+    data = source.load(args.data_root)
     _conditional_options(args, data)
     record, parent = None, None
     if args.grow_from is not None:
@@ -270,7 +271,7 @@ def _train(args: argparse.Namespace) -> int:
         model, config = fitted.build()
     split = resumed.data.get("split", {}) if resumed is not None else {}
     holdout = args.holdout if args.holdout is not None else split.get("holdout")
-    train_data, val_data = training_split(args.data, data, holdout=holdout, seed=config.seed)
+    train_data, val_data = training_split(source.source, data, holdout=holdout, seed=config.seed)
     kind = (model.config or {}).get("type", "model")
     out = Path(args.out or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     _check_out(out, folder=True)
@@ -282,6 +283,16 @@ def _train(args: argparse.Namespace) -> int:
         print(f"run folder: {out}")
     _check_finite(report["held_out"]["bpd"], "the final held-out evaluation")
     return 0
+
+
+def _data_source(args: argparse.Namespace, record: dict[str, Any] | None) -> RecordedData:
+    """The data set a command loads: ``--data`` (default digits) with ``--size`` and ``--channels``, or, when
+    ``--data`` is not given, the data set of ``record`` (a resumed or scored checkpoint's ``data``: the images
+    the run was trained on), with the flags given over its own."""
+    if args.data is None and record is not None:
+        recorded = RecordedData.of(record)
+        return RecordedData(recorded.source, args.channels or recorded.channels, args.size or recorded.size)
+    return RecordedData(args.data or "digits", args.channels, args.size)
 
 
 def _check_finite(bpd: float, what: str) -> None:
@@ -340,8 +351,9 @@ def _solver_record(args: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     trainer, checkpoint = _restore(args)
-    data = evaluation_split(checkpoint, args.data, args.split, holdout=args.holdout, seed=args.seed,
-                            root=args.data_root, size=args.size, channels=args.channels)
+    source = _data_source(args, checkpoint.data)
+    data = evaluation_split(checkpoint, source.source, args.split, holdout=args.holdout, seed=args.seed,
+                            root=args.data_root, size=source.size, channels=source.channels or 3)
     with _solver(args, trainer):
         result = trainer.evaluate(data)
     print(json.dumps({"data": data.name, "step": checkpoint.step, **_solver_record(args), **result}, indent=2))
@@ -365,7 +377,7 @@ def _ood(args: argparse.Namespace) -> int:
     _check_out(out, folder=True)
     trainer, checkpoint = _restore(args)
     sets = [evaluation_split(checkpoint, name, split, holdout=args.holdout, seed=args.seed, root=args.data_root,
-                             size=args.size, channels=args.channels)
+                             size=args.size, channels=args.channels or 3)
             for name, split in zip(args.data, splits, strict=True)]
     if args.max_images is not None:
         sets = [d.first(args.max_images) for d in sets]
@@ -440,8 +452,8 @@ def _parser() -> argparse.ArgumentParser:
                             "level's)")
     train.add_argument("--model-options", type=_json_object, metavar="JSON",
                        help="model spec keys over the recipe's (or the config file's), e.g. '{\"levels\": 3}'")
-    train.add_argument("--data", default="digits",
-                       help=f"{', '.join(DATASET_NAMES)} or a path (default digits)")
+    train.add_argument("--data", help=f"{', '.join(DATASET_NAMES)} or a path (default digits; a resume: the "
+                                      "data the run was trained on)")
     train.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
     train.add_argument("--holdout", type=float,
                        help="held-out fraction (0.1; a resume keeps the run's; crops<SIZE> have their own "
@@ -489,7 +501,8 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--zoom", type=int,
                                  help="upscale the grid this many times (default: to at least 256 pixels a side)")
         elif name == "evaluate":
-            command.add_argument("--data", default="digits")
+            command.add_argument("--data", help="the data set to score (default: the one the checkpoint was "
+                                                "trained on)")
             command.add_argument("--data-root")
             command.add_argument("--split", default="held-out",
                                  choices=SPLITS,
@@ -527,7 +540,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--size", type=int, metavar="S",
                              help="for an image folder: resize each image's centred square to S x S "
                                   "(images of any sizes)")
-        command.add_argument("--channels", type=int, choices=(1, 3), default=3,
+        command.add_argument("--channels", type=int, choices=(1, 3),
                              help="for an image folder: 1 reads the images as grey, 3 (default) as RGB")
 
     for command in commands.choices.values():

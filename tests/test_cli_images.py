@@ -105,3 +105,25 @@ def test_a_folder_of_grey_images_trains_and_evaluates_in_grey_with_channels_1(tm
     capsys.readouterr()
     assert main(["evaluate", str(out), "--data", str(folder), "--channels", "1", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["num_images"] == 4
+
+
+def test_resume_and_evaluate_without_data_use_the_folder_the_run_was_trained_on(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):  # 12x10 grey images, read at --size 8 in grey: both must come back on a resume
+        Image.fromarray(rng.integers(0, 256, size=(10, 12), dtype=np.uint8), mode="L").save(folder / f"{i:02d}.png")
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--data", str(folder), "--channels", "1", "--size", "8", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--device", "cpu"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(out), "--data", str(folder), "--channels", "1", "--size", "8",
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out) == scored and scored["num_images"] == 4
+    assert main([*TRAIN, "--steps", "3", "--out", str(out), "--resume"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["image_shape"] == [1, 8, 8] and config["data"]["split"]["of"] == str(folder)
+    assert json.loads((out / "report.json").read_text())["steps"] == 3

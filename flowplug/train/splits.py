@@ -9,12 +9,14 @@ images it was trained on as held out — judged by the images' fingerprint, not 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flowplug.data import ImageData, has_own_held_out, load_dataset
 from flowplug.train.checkpoint import Checkpoint
 
-__all__ = ["DEFAULT_HOLDOUT", "SPLITS", "evaluation_split", "training_split"]
+__all__ = ["DEFAULT_HOLDOUT", "SPLITS", "RecordedData", "evaluation_split", "training_split"]
 
 DEFAULT_HOLDOUT = 0.1
 SPLITS = ("held-out", "train", "all", "test")
@@ -32,6 +34,33 @@ def _check_split_options(name: str, holdout: float | None, seed: int | None) -> 
         raise ValueError(f"{name} has its own held-out images (load_dataset(..., train=False)); "
                          f"{' and '.join(given)} choose a split of the training images and do not apply")
     return True
+
+
+@dataclass(frozen=True)
+class RecordedData:
+    """The data set a run was trained on, as its record (``config.json``'s or a checkpoint's ``data``) names it:
+    the name or path :func:`~flowplug.data.load_dataset` loads (``source``), and for an image folder the
+    ``channels`` and ``size`` it was loaded with (``None`` otherwise). A torchvision set's data folder is not
+    recorded (it is where the files are, not which images)."""
+
+    source: str
+    channels: int | None = None
+    size: int | None = None
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> RecordedData:
+        """The record's data set; ``KeyError``/``TypeError``/``ValueError`` for a record without its name or
+        image shape."""
+        source = str((data.get("split") or {}).get("of") or data["name"])
+        channels, height, width = data["image_shape"]
+        if not Path(source).is_dir():
+            return cls(source)
+        # a folder of square images loaded at their own size is the same with --size: resizing to it is a copy
+        return cls(source, int(channels), int(height) if height == width else None)
+
+    def load(self, root: str | None = None) -> ImageData:
+        """The recorded data set's training images (``root``: torchvision's data folder)."""
+        return load_dataset(self.source, root=root, size=self.size, channels=self.channels or 3)
 
 
 def training_split(name: str, data: ImageData, *, holdout: float | None = None, seed: int = 0,

@@ -24,6 +24,7 @@ from flowplug.train.feedback import notify
 from flowplug.train.labels import check_labels_fit
 from flowplug.train.run_folder import RunFolder
 from flowplug.train.schedule import extension_segment
+from flowplug.train.splits import RecordedData
 
 if TYPE_CHECKING:
     from flowplug.train.config import TrainConfig
@@ -247,19 +248,15 @@ _TORCHVISION = ("cifar10", "mnist")
 
 
 def _data_flags(folder: RunFolder) -> tuple[str, str]:
-    """The ``flowplug train`` flags that load the run's training data again (from the run's ``config.json``;
-    ``--data`` defaults to digits, so the command must name any other data), and a note on what the command
-    cannot name."""
+    """The ``flowplug train`` flags that name the run's training data (from the run's ``config.json``; a resume
+    without them loads the same data, so they only spell it out), and a note on what the command cannot name."""
     try:
-        data = json.loads(folder.config.read_text())["data"]
-        source = str((data.get("split") or {}).get("of") or data["name"])
-        channels, height, width = data["image_shape"]
+        recorded = RecordedData.of(json.loads(folder.config.read_text())["data"])
     except (OSError, ValueError, KeyError, TypeError):
         return "", " (with the --data the run was trained on)"
-    flags = "" if source == "digits" else f" --data {shlex.quote(source)}"
-    if Path(source).is_dir():  # an image folder: its channels, and its size (resizing to their own size is a copy)
-        flags += (" --channels 1" if channels == 1 else "") + (f" --size {height}" if height == width else "")
-    note = " with the --data-root it was trained with" if source in _TORCHVISION else ""
+    flags = "" if recorded.source == "digits" else f" --data {shlex.quote(recorded.source)}"
+    flags += (" --channels 1" if recorded.channels == 1 else "") + (f" --size {recorded.size}" if recorded.size else "")
+    note = " with the --data-root it was trained with" if recorded.source in _TORCHVISION else ""
     return flags, note
 
 
