@@ -6,16 +6,16 @@ output's Haar coarse part at the input's size equals the input (this script chec
 ``temperature=0`` takes every base distribution's mode, higher temperatures draw more varied details.
 
 The model is either trained here on the embedded 8×8 digits (MRCNF with two levels, flow-matching
-objective) or loaded from a checkpoint written by ``flowplug train`` (``--checkpoint``, with the matching
-``--data``, ``--holdout`` and ``--seed``). Held-out images are reduced to their coarse images at
-``--factor`` and super-resolved back. The picture has one row per image: coarse (nearest-neighbour
+objective) or loaded from a checkpoint written by ``flowplug train`` (``--checkpoint``: the held-out images of
+its own run's split; ``--data`` for another copy of its data set). Held-out images are reduced to their coarse
+images at ``--factor`` and super-resolved back. The picture has one row per image: coarse (nearest-neighbour
 upsampled) | super-resolved at temperature 0 | at temperature 0.7 | original.
 
 Run (from the repository root):
 
     python examples/super_resolution.py            # full: 2000 training steps
     python examples/super_resolution.py --quick    # 300 steps
-    python examples/super_resolution.py --checkpoint runs/mrcnf-.../checkpoints/best.pt --data digits
+    python examples/super_resolution.py --checkpoint runs/mrcnf-.../checkpoints/best.pt
 
 Outputs go to ``--out`` (default ``runs/examples/super_resolution``): ``super_resolution.png`` and, when
 trained here, the training run folder ``train/``.
@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from flowplug.data import dequantize
-from flowplug.train import build_model
+from flowplug.train import Trainer
 from flowplug.train.feedback import save_image_grid
+from flowplug.train.splits import RecordedData, evaluation_split
 
 TEMPERATURES = (0.0, 0.7)
 
@@ -50,39 +51,30 @@ def train_model(steps: int, seed: int, device: str, out: Path) -> tuple[flowplug
     config = flowplug.TrainConfig(steps=steps, batch_size=64, lr=2e-3, seed=seed, objective="flow_matching",
                                   warmup_steps=min(50, steps // 5), progress=False, tensorboard=False,
                                   checkpoint_every=steps)
-    trainer = flowplug.Trainer(model, config, out_dir=out / "train", device=device)
+    trainer = Trainer(model, config, out_dir=out / "train", device=device)
     report = trainer.fit(train)
     print(f"trained a {model.num_levels}-level MRCNF ({report['parameters']} parameters) by flow matching: "
           f"{report['steps']} steps in {report['train_time_s']:.1f} s")
     return (trainer.ema.module if trainer.ema is not None else trainer.model), held_out
 
 
-def load_model(
-    path: str, data: str, data_root: str | None, holdout: float, seed: int
-) -> tuple[torch.nn.Module, flowplug.ImageData]:
-    """A checkpoint's model (with its EMA weights when it has them) and the held-out split of ``data``
-    (the training run's own split when ``holdout`` and ``seed`` are those given to ``flowplug train``)."""
-    state = flowplug.load_checkpoint(path)
-    model = build_model(state)
-    if state.get("ema") is not None:
-        trainer = flowplug.Trainer(model, flowplug.TrainConfig(steps=1, progress=False), device="cpu")
-        trainer.load_state_dict(state, state["data"])
-        model = trainer.ema.module
-    images = flowplug.load_dataset(data, root=data_root)
-    if list(images.image_shape) != list(state["data"]["image_shape"]):
-        raise SystemExit(f"the checkpoint's model is for images {state['data']['image_shape']}, "
-                         f"{data} has {list(images.image_shape)}")
-    print(f"loaded {path} (step {state['step']}, trained on {state['data']['name']})")
-    return model, images.split(holdout, seed=seed)[1]
+def load_model(path: str, data: str | None, data_root: str | None) -> tuple[torch.nn.Module, flowplug.ImageData]:
+    """A checkpoint's model (its EMA weights when it has them) and the held-out images of its run's split of
+    ``data`` (default: the data set it was trained on)."""
+    checkpoint = flowplug.load_checkpoint(path)
+    model = Trainer.restore(checkpoint, device="cpu").eval_model()
+    name = data or RecordedData.of(checkpoint.data).source
+    held_out = evaluation_split(checkpoint, name, root=data_root)
+    print(f"loaded {path} (step {checkpoint.step}, trained on {checkpoint.data['name']})")
+    return model, held_out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a checkpoint of an MRCNF written by `flowplug train`")
-    parser.add_argument("--data", default="digits", help="dataset of the checkpoint (name or path)")
+    parser.add_argument("--data", help="with --checkpoint: the data set whose held-out images to super-resolve "
+                        "(default: the one the checkpoint was trained on)")
     parser.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
-    parser.add_argument("--holdout", type=float, default=0.1,
-                        help="the checkpoint's run's held-out fraction (flowplug train's --holdout, 0.1)")
     parser.add_argument("--factor", type=int, default=2, choices=(2, 4, 8), help="downsampling factor (2)")
     parser.add_argument("--steps", type=int, help="training steps when no checkpoint (2000, quick 300)")
     parser.add_argument("--num", type=int, default=8, help="images to super-resolve (8)")
@@ -96,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
 
     if args.checkpoint:
-        model, held_out = load_model(args.checkpoint, args.data, args.data_root, args.holdout, args.seed)
+        model, held_out = load_model(args.checkpoint, args.data, args.data_root)
     else:
         steps = args.steps or (300 if args.quick else 2000)
         model, held_out = train_model(steps, args.seed, args.device, out)

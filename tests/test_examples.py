@@ -80,6 +80,17 @@ def test_super_resolution(tmp_path: Path) -> None:
     assert out.count("max |coarse part of output - input|") == 2
 
 
+def test_super_resolution_of_a_checkpoint_from_flowplug_train(tmp_path: Path) -> None:
+    from flowplug.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--no-progress", "--threads", "1", "--out", str(run)]) == 0
+    out = run_example("super_resolution.py", "--checkpoint", str(run / "checkpoints" / "best.pt"),
+                      "--out", str(tmp_path / "sr"))
+    assert "loaded" in out and "trained on digits[train]" in out
+    assert "the coarse part of every output equals its input" in out
+
+
 def test_property_test_custom_flow() -> None:
     out = run_example("property_test_custom_flow.py", "--quick")
     assert out.count("PASS ") == 3
