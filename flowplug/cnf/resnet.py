@@ -5,6 +5,11 @@ conditioning image injected into every block.
 
 - the input convolution sees ``z`` (and ``context``, the coarse image of an MRCNF detail level,
   concatenated);
+- a condition vector (``vector_context=k``: the last ``k`` context channels hold one vector per sample, constant
+  over the image, as :func:`flowplug.condition.spatial_features` lays out a class embedding) is read at one pixel
+  and a linear map of it is added to the time embedding, as diffusion models add a class embedding: it shifts
+  every block's channels at no convolution's cost, and the image channels keep their weight in the input
+  convolution;
 - ``num_blocks`` residual blocks ``h + conv(act(GN(conv(act(GN(h))) + e_t + e_c))``, where ``e_t`` is
   a per-channel shift from a sinusoidal embedding of ``t`` (through a small MLP) and ``e_c`` a 1×1
   convolution of ``context``: time and the coarse image reach every block, not only the input;
@@ -77,7 +82,9 @@ class ResODENet(_ODENetInputs):
 
     Args: channels, context_channels (0: unconditional), hidden_channels (width), num_blocks,
     time_dim (sinusoidal embedding size), groups (GroupNorm groups, reduced to a divisor of the width),
-    activation (smooth: ``"silu"``, ``"softplus"``, ``"tanh"``, ``"gelu"``).
+    activation (smooth: ``"silu"``, ``"softplus"``, ``"tanh"``, ``"gelu"``), vector_context (how many of the
+    last context channels are a per-sample vector, constant over the image, that joins the time embedding;
+    at most ``context_channels``).
     """
 
     def __init__(
@@ -89,19 +96,27 @@ class ResODENet(_ODENetInputs):
         time_dim: int = 32,
         groups: int = 8,
         activation: str = "silu",
+        vector_context: int = 0,
     ) -> None:
         check_positive_integers(channels=channels, hidden_channels=hidden_channels, num_blocks=num_blocks,
-                     time_dim=time_dim, groups=groups)
+                                time_dim=time_dim, groups=groups)
         _check_context_size("context_channels", context_channels)
+        _check_context_size("vector_context", vector_context)
+        if vector_context > context_channels:
+            raise ValueError(f"vector_context ({vector_context}) counts context channels; the net has only "
+                             f"context_channels={context_channels}")
         if time_dim % 2:
             raise ValueError(f"time_dim must be even, got {time_dim}")
         super().__init__(channels, context_channels, spatial=True)
         self.time_dim = time_dim
+        self.vector_context = vector_context
+        image_context = context_channels - vector_context
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), _activation(activation),
                                       nn.Linear(time_dim, time_dim))
-        self.input = nn.Conv2d(channels + context_channels, hidden_channels, 3, padding=1)
+        self.condition = nn.Linear(vector_context, time_dim) if vector_context else None
+        self.input = nn.Conv2d(channels + image_context, hidden_channels, 3, padding=1)
         self.blocks = nn.ModuleList(
-            _ResBlock(hidden_channels, time_dim, context_channels, groups, activation) for _ in range(num_blocks)
+            _ResBlock(hidden_channels, time_dim, image_context, groups, activation) for _ in range(num_blocks)
         )
         self.out_norm = nn.GroupNorm(_groups(hidden_channels, groups), hidden_channels)
         self.out_act = _activation(activation)
@@ -115,6 +130,10 @@ class ResODENet(_ODENetInputs):
         """``dz/dt`` at time ``t`` (scalar or ``(B,)``), same shape as ``z``."""
         self._check(z, context)
         emb = self.time_mlp(sinusoidal_embedding(_time_per_sample(t, z), self.time_dim))
+        if self.condition is not None:
+            split = self.context_size - self.vector_context
+            emb = emb + self.condition(context[:, split:, 0, 0])  # type: ignore[index]
+            context = context[:, :split] if split else None  # type: ignore[index]
         h = self.input(z if context is None else torch.cat([z, context], dim=1))
         for block in self.blocks:
             h = block(h, emb, context)

@@ -162,12 +162,21 @@ DEFAULT_NET = "res_odenet"
 """The default levels' ODE net (:class:`~flowplug.cnf.ResODENet`, of the ``mrcnf`` recipe)."""
 
 
+_FILLED_BY_LEVEL = ("channels", "context_channels", "vector_context")
+"""Net parameters a level sets itself (its tensor's channels, its context's channels, and how many of those are a
+condition's per-sample features)."""
+
+
 def net_options_of(net: str) -> tuple[str, ...]:
     """The level options that go to each level's net of registered type ``net`` (its keyword parameters)."""
-    return _keyword_options(get_component(net, kind="net").factory, ("channels", "context_channels"))
+    return _keyword_options(get_component(net, kind="net").factory, _FILLED_BY_LEVEL)
 
 
-NET_OPTIONS = _keyword_options(ResODENet, ("channels", "context_channels"))
+def _takes_vector_context(net: str) -> bool:
+    return "vector_context" in inspect.signature(get_component(net, kind="net").factory).parameters
+
+
+NET_OPTIONS = _keyword_options(ResODENet, _FILLED_BY_LEVEL)
 """Level options passed to each level's default net, :class:`~flowplug.cnf.ResODENet` (its defaults apply)."""
 CNF_OPTIONS = _keyword_options(CNF, ("net",))
 """Level options passed to each level's :class:`~flowplug.CNF` (its defaults apply, except the solvers)."""
@@ -182,20 +191,26 @@ def default_level_spec(
     cnfs_per_level: int = 1,
     net: str = DEFAULT_NET,
     net_options: Mapping[str, Any] | None = None,
+    condition_features: int = 0,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """The default of one level: ``cnfs_per_level`` conditional CNFs with ODE nets of type ``net``.
 
-    Each net is given the level's ``channels`` and ``context_channels`` (the coarse image it is conditioned on)
-    and starts at zero (identity flow). ``options`` go to the nets (the keyword parameters of ``net``, e.g.
-    :data:`NET_OPTIONS` of the default) or the CNFs (:data:`CNF_OPTIONS`); ``net_options`` are further keyword
-    arguments of the net (e.g. ``{"hidden_channels": 64, "num_blocks": 2}`` for ``"res_odenet"``). What is not
-    given takes those classes' own defaults, except the solvers, which default to the presets
+    Each net is given the level's ``channels`` and ``context_channels`` (the coarse image it is conditioned on,
+    then ``condition_features`` constant channels of a conditional model's condition: a net with a
+    ``vector_context`` parameter, as :class:`~flowplug.cnf.ResODENet`, joins those to its time embedding, another
+    convolves them as channels) and starts at zero (identity flow). ``options`` go to the nets (the keyword
+    parameters of ``net``, e.g. :data:`NET_OPTIONS` of the default) or the CNFs (:data:`CNF_OPTIONS`);
+    ``net_options`` are further keyword arguments of the net (e.g. ``{"hidden_channels": 64, "num_blocks": 2}``
+    for ``"res_odenet"``). What is not given takes those classes' own defaults, except the solvers, which default
+    to the presets
     :data:`~flowplug.cnf.solver.DEFAULT_TRAIN_SOLVER` and :data:`~flowplug.cnf.solver.DEFAULT_EVAL_SOLVER`.
     """
     _check_level_options(options, net)
     net_keys = net_options_of(net)
     net_spec = {"type": net, "channels": channels, "context_channels": context_channels,
+                **({"vector_context": condition_features} if condition_features and _takes_vector_context(net)
+                   else {}),
                 **{k: v for k, v in options.items() if k in net_keys}, **dict(net_options or {})}
     cnf: dict[str, Any] = {"type": "cnf", "net": net_spec, **{k: v for k, v in options.items() if k in CNF_OPTIONS}}
     for key, preset in (("train_solver", DEFAULT_TRAIN_SOLVER), ("eval_solver", DEFAULT_EVAL_SOLVER)):
@@ -247,8 +262,9 @@ class MRCNF(FlowModel):
             features).
 
     The condition's features widen each default level's net context by their number (the coarsest level's
-    net gets them as its only context); nets of ``level_flows`` given as specs or modules must be built with
-    that context size. ``config`` is the registry spec that rebuilds this model (``None`` when a level was
+    net gets them as its only context; the default net adds them to its time embedding instead of convolving
+    them, ``ResODENet(vector_context=...)``); nets of ``level_flows`` given as specs or modules must be built
+    with that context size. ``config`` is the registry spec that rebuilds this model (``None`` when a level was
     given as modules).
     """
 
@@ -295,6 +311,7 @@ class MRCNF(FlowModel):
             given = None if level_flows is None else level_flows[s]
             if given is None:
                 given = default_level_spec(shape[0], context_channels, net=net, net_options=per_level_net[s],
+                                           condition_features=features,
                                            **level_options)
             flows = [build(item) if isinstance(item, (str, Mapping)) else item for item in given]
             preprocess = nf.transforms.Logit(alpha=logit_alpha) if s == levels - 1 else None

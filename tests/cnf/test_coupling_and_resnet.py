@@ -105,6 +105,32 @@ def test_res_odenet_checks_its_inputs():
         ResODENet(3, time_dim=7)
 
 
+def test_res_odenet_adds_a_condition_vector_to_its_time_embedding():
+    torch.manual_seed(0)
+    net = ResODENet(2, hidden_channels=8, num_blocks=2, context_channels=1 + 3, time_dim=8, groups=4,
+                    vector_context=3).double()
+    flowplug.testing.perturb_parameters(net, std=0.3, seed=1)  # the output layer starts at zero
+    z, image = torch.randn(4, 2, 5, 5, dtype=torch.float64), torch.randn(4, 1, 5, 5, dtype=torch.float64)
+    vector = torch.randn(1, 3, dtype=torch.float64)
+    context = torch.cat([image, vector[:, :, None, None].expand(4, -1, 5, 5)], dim=1)
+    # the same net without the vector, its time embedding's last bias moved by the vector's linear map
+    plain = ResODENet(2, hidden_channels=8, num_blocks=2, context_channels=1, time_dim=8, groups=4).double()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("condition.")})
+    with torch.no_grad():
+        plain.time_mlp[-1].bias += net.condition(vector)[0]
+        torch.testing.assert_close(net(0.3, z, context), plain(0.3, z, image), rtol=1e-12, atol=1e-12)
+        other = torch.cat([image, (vector + 1)[:, :, None, None].expand(4, -1, 5, 5)], dim=1)
+        assert (net(0.3, z, other) - net(0.3, z, context)).abs().max() > 1e-3
+    assert net.input.in_channels == 2 + 1 and net.blocks[0].context.in_channels == 1  # no convolution of it
+    only_vector = ResODENet(2, hidden_channels=8, context_channels=3, vector_context=3, time_dim=8)
+    assert only_vector.blocks[0].context is None
+    assert only_vector(0.5, z.float(), context[:, 1:].float()).shape == z.shape
+    with pytest.raises(ValueError, match=r"vector_context \(4\) counts context channels"):
+        ResODENet(2, context_channels=3, vector_context=4)
+    with pytest.raises(ValueError, match="vector_context must be a non-negative integer"):
+        ResODENet(2, context_channels=3, vector_context=-1)
+
+
 def test_flow_trained_with_ot_and_power_times_keeps_exact_likelihood():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)

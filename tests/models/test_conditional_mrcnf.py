@@ -48,6 +48,24 @@ def test_every_level_is_conditioned_the_coarsest_included():
         assert (first - second).abs().max() > 1e-6, s
 
 
+def test_residual_nets_take_the_label_through_their_time_embedding():
+    # the net's own maths is pinned exactly in tests/cnf (test_res_odenet_adds_a_condition_vector_...); the
+    # model's exact maths with a condition by the conv-net models above
+    torch.manual_seed(0)
+    model = MRCNF((1, 4, 4), levels=2, num_classes=3, embedding_dim=2, hidden_channels=4, num_blocks=1,
+                  time_dim=4, groups=2, train_solver=STEPS, eval_solver=STEPS)
+    nets = [level.flows[0].net for level in model.levels]
+    assert [net.vector_context for net in nets] == [2, 2]
+    assert [net.input.in_channels for net in nets] == [3 + 1, 1]  # the coarse image only, not the embedding
+    assert "vector_context" not in model.config  # the model sets it from the condition; configs stay as they were
+    perturb_parameters(model.double(), std=0.1, seed=1)
+    v = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.9 + 0.05
+    with torch.no_grad():
+        first = model.level_log_probs(v, torch.zeros(3, dtype=torch.int64))
+        second = model.level_log_probs(v, torch.full((3,), 2, dtype=torch.int64))
+    assert all((a - b).abs().min() > 1e-6 for a, b in zip(first, second, strict=True))
+
+
 def test_invertible_with_exact_log_det_for_every_label():
     model = _model(num_classes=3, embedding_dim=2)
     assert_conditional_flow(model, _images(2), atol=1e-7, rtol=1e-7)
