@@ -81,7 +81,7 @@ def build_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
         "curve_images": args.curve_images, "checkpoints": args.checkpoints, "minutes": args.minutes,
         "clock": args.clock, "threads": args.threads, "device": args.device, "sample_images": args.sample_images,
         "loose_tol": args.loose_tol, "seed": args.seed, "train": args.train, "model": args.model_options,
-        "out": str(args.out),
+        "conditional": args.conditional, "out": str(args.out),
     } for name in args.recipes]
 
 
@@ -134,8 +134,9 @@ def split_data(job: dict[str, Any]) -> tuple[Any, Any]:
         return training_split(job["data"], data, seed=job["seed"])
     if not 0 < job["holdout"] < len(data):
         raise ValueError(f"--holdout {job['holdout']} must lie between 0 and the {len(data)} images of {job['data']}")
-    return (ImageData(data.x[: -job["holdout"]], data.n_bins, f"{data.name}[train]"),
-            ImageData(data.x[-job["holdout"]:], data.n_bins, f"{data.name}[held-out]"))
+    labels = (None, None) if data.y is None else (data.y[: -job["holdout"]], data.y[-job["holdout"]:])
+    return (ImageData(data.x[: -job["holdout"]], data.n_bins, f"{data.name}[train]", y=labels[0]),
+            ImageData(data.x[-job["holdout"]:], data.n_bins, f"{data.name}[held-out]", y=labels[1]))
 
 
 def run_model(job: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +151,10 @@ def run_model(job: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"--eval-images and --curve-images must not exceed the {len(held)} held-out images")
     evaluation = held if job["eval_images"] is None else held.first(job["eval_images"])
     curve_set = held.first(job["curve_images"])
-    fitted = plan(job["name"], train, model=job["model"].get(job["name"]), train={
+    if job["conditional"]:
+        train.labels()  # refuses unlabelled data, naming the sources that carry labels
+    condition = {"num_classes": train.num_classes} if job["conditional"] else {}
+    fitted = plan(job["name"], train, model={**condition, **(job["model"].get(job["name"]) or {})}, train={
         "minutes": job["minutes"], "clock": job["clock"], "seed": job["seed"], "eval_points": job["checkpoints"],
         "progress": False, "tensorboard": False, **job["train"]})
     model, config = fitted.build()
@@ -168,7 +172,8 @@ def run_model(job: dict[str, Any]) -> dict[str, Any]:
     trainer.sample(job["sample_images"])
     sample_time = (time.monotonic() - t0) / job["sample_images"]
     result = {
-        "name": job["name"], "recipe": fitted.record(), "spec": model.config, "trainer": config.to_dict(),
+        "name": job["name"], "conditional": job["conditional"], "recipe": fitted.record(), "spec": model.config,
+        "trainer": config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": trainer.step, "phase_starts": trainer.phase_starts, "skipped_steps": trainer.skipped_steps,
         "train_time_s": report["budget_time_s"], "clock": job["clock"], "wall_train_time_s": report["train_time_s"],
@@ -216,8 +221,9 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                      if r["levels"] > 1 else "—")
         tol = r["solver_tolerance_check"]
         tol_text = "—" if tol is None else f"{tol['bpd_loose']:.4f} / {tol['bpd_eval']:.4f}"
+        name = f"{r['name']}, conditional" if r.get("conditional") else r["name"]
         lines.append(
-            f"| {r['name']} | {_rates(r['trainer'])} | {r['trainer']['batch_size']} | {r['parameters']:,} | "
+            f"| {name} | {_rates(r['trainer'])} | {r['trainer']['batch_size']} | {r['parameters']:,} | "
             f"{r['steps']:,} | "
             f"{_fmt(r['time_per_step_s'], 3)} | {r['held_out']['bpd']:.3f} | {per_level} | "
             f"{_fmt(r['nfe_eval'], 0)} | {tol_text} | {r['sample_time_per_image_s']:.3f} | "
@@ -322,6 +328,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-options", type=json.loads, default={},
                         help="JSON object: recipe name -> model spec keys over the recipe's, e.g. "
                              "'{\"mrcnf\": {\"levels\": 3}}' (for experiments)")
+    parser.add_argument("--conditional", action="store_true",
+                        help="condition every model on the data's class labels (num_classes of the data); the "
+                             "BPD is then -log2 p(x | y) / D")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",

@@ -152,13 +152,15 @@ def main(argv: list[str] | None = None) -> None:
 
     classifier = train_classifier(train, classes, args.epochs, args.seed)
     real = accuracy(classifier, dequantize(held_out.x, held_out.n_bins), held_out.labels())
-    finite = torch.isfinite(judged.flatten(1)).all(1)
-    recognised = accuracy(classifier, judged[finite], judged_labels[finite])
+    finite = torch.isfinite(judged.flatten(1)).all(1)  # a sample with non-finite pixels counts as not recognised
+    recognised = accuracy(classifier, judged[finite], judged_labels[finite]) * float(finite.float().mean()) \
+        if finite.any() else 0.0
     print(f"classifier accuracy on the {len(held_out)} held-out real images: {real:.3f}")
-    print(f"conditional samples recognised as their class: {recognised:.3f} ({int(finite.sum())} samples)")
+    print(f"conditional samples recognised as their class: {recognised:.3f} (of {args.judge}; "
+          f"{args.judge - int(finite.sum())} with non-finite pixels)")
     results = {"held_out": result, "classifier_accuracy_real": real, "samples_recognised": recognised,
-               "samples_judged": int(finite.sum()), "classifier_epochs": args.epochs,
-               "solver_steps": args.solver_steps}
+               "samples_judged": args.judge, "samples_not_finite": args.judge - int(finite.sum()),
+               "classifier_epochs": args.epochs, "solver_steps": args.solver_steps}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
 
