@@ -8,7 +8,7 @@ draws class ``k``. This script
 1. trains a small two-level conditional MRCNF by flow matching on the embedded 8×8 digits (or any labelled
    data set: ``--data`` an ``.npz`` with ``y``, ``mnist``/``cifar10`` under ``--data-root``, a folder of
    class sub-folders), or loads a conditional checkpoint written by ``flowplug train --conditional``
-   (``--checkpoint``, with the run's ``--data``);
+   (``--checkpoint``; ``--data`` defaults to the data set it was trained on);
 2. reports its held-out conditional bits per dimension;
 3. saves ``samples_per_class.png``: ``--rows`` samples of every class, one class per column;
 4. trains a small convolutional classifier on the real training images, states its accuracy on the held-out
@@ -18,8 +18,7 @@ Run (from the repository root):
 
     python examples/conditional_digits.py            # full: 2000 training steps
     python examples/conditional_digits.py --quick    # 200 steps, a quick look
-    python examples/conditional_digits.py --checkpoint runs/mrcnf-.../checkpoints/best.pt \\
-        --data ../shared/data/mnist_test.npz --judge 1000 --solver-steps 4
+    python examples/conditional_digits.py --checkpoint runs/mrcnf-.../checkpoints/best.pt --solver-steps 4
 
 Outputs go to ``--out`` (default ``runs/examples/conditional_digits``): the grid, ``results.json`` and, when
 trained here, the run folder ``train/``.
@@ -41,7 +40,7 @@ from flowplug.data import dequantize
 from flowplug.train import Trainer, load_checkpoint
 from flowplug.train.evaluation import cnf_settings
 from flowplug.train.feedback import save_image_grid
-from flowplug.train.splits import evaluation_split, training_split
+from flowplug.train.splits import RecordedData, evaluation_split, training_split
 
 
 def train_model(data: flowplug.ImageData, steps: int, seed: int, out: Path) -> Trainer:
@@ -104,7 +103,8 @@ def conditional_samples(model: flowplug.FlowModel, labels: torch.Tensor, batch: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a conditional checkpoint written by `flowplug train --conditional`")
-    parser.add_argument("--data", default="digits", help="labelled data set, name or path (default digits)")
+    parser.add_argument("--data", help="labelled data set, name or path (default digits; with --checkpoint: the "
+                        "one it was trained on)")
     parser.add_argument("--data-root", help="torchvision's data folder for cifar10/mnist")
     parser.add_argument("--steps", type=int, help="training steps when no checkpoint (2000, quick 200)")
     parser.add_argument("--rows", type=int, default=8, help="samples of each class in the grid (8)")
@@ -122,16 +122,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.judge, args.epochs = min(args.judge, 100), min(args.epochs, 3)
 
-    data = flowplug.load_dataset(args.data, root=args.data_root)
     if args.checkpoint:
         checkpoint = load_checkpoint(args.checkpoint)
         trainer = Trainer.restore(checkpoint, device="cpu")
-        held_out = evaluation_split(checkpoint, args.data, root=args.data_root)
+        name = args.data or RecordedData.of(checkpoint.data).source
+        held_out = evaluation_split(checkpoint, name, root=args.data_root)
         seed = checkpoint.trainer_config.get("seed", 0) if checkpoint.trainer_config else 0
-        train = training_split(args.data, data, holdout=checkpoint.data.get("split", {}).get("holdout"),
-                               seed=seed)[0]
+        data = flowplug.load_dataset(name, root=args.data_root)
+        train = training_split(name, data, holdout=checkpoint.data.get("split", {}).get("holdout"), seed=seed)[0]
         print(f"loaded {args.checkpoint} (step {checkpoint.step}, trained on {checkpoint.data['name']})")
     else:
+        data = flowplug.load_dataset(args.data or "digits", root=args.data_root)
         trainer = train_model(data, args.steps or (200 if args.quick else 2000), args.seed, out)
         train, held_out = training_split("given", data, seed=args.seed)
     model = trainer.eval_model().eval()

@@ -165,3 +165,16 @@ def test_conditional_digits(tmp_path: Path) -> None:
     assert results["samples_judged"] > 0 and 0 <= results["samples_recognised"] <= 1
     assert (tmp_path / "samples_per_class.png").stat().st_size > 0
     assert "one class per column (0..9)" in out
+
+
+def test_conditional_digits_judges_a_conditional_glow_from_flowplug_train(tmp_path: Path) -> None:
+    from flowplug.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "glow", "--conditional", "--steps", "2", "--no-progress", "--threads", "1",
+                 "--out", str(run)]) == 0
+    out = run_example("conditional_digits.py", "--checkpoint", str(run / "checkpoints" / "best.pt"),
+                      "--judge", "20", "--epochs", "1", "--out", str(tmp_path / "judged"))
+    results = json.loads((tmp_path / "judged" / "results.json").read_text())
+    assert "trained on digits[train]" in out and results["samples_judged"] == 20
+    assert results["held_out"]["num_images"] == 180 and results["held_out"]["conditional"] is True
