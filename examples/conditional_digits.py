@@ -9,7 +9,7 @@ draws class ``k``. This script
    data set: ``--data`` an ``.npz`` with ``y``, ``mnist``/``cifar10`` under ``--data-root``, a folder of
    class sub-folders), or loads a conditional checkpoint written by ``flowplug train --conditional``
    (``--checkpoint``; ``--data`` defaults to the data set it was trained on);
-2. reports its held-out conditional bits per dimension;
+2. reports its held-out conditional bits per dimension (unless ``--no-score``);
 3. saves ``samples_per_class.png``: ``--rows`` samples of every class, one class per column;
 4. trains a small convolutional classifier on the real training images, states its accuracy on the held-out
    images, and reports how often it recognises ``--judge`` conditional samples as the class they were drawn for.
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--solver-steps", type=int,
                         help="sample with a fixed grid of this many rk4 steps per level (default: the model's own "
                              "evaluation solver, which also scores the held-out images)")
+    parser.add_argument("--no-score", action="store_true",
+                        help="skip the held-out BPD (a checkpoint's run reports it: flowplug evaluate CHECKPOINT)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="200 training steps, 100 judged samples, 3 epochs")
     parser.add_argument("--out", default="runs/examples/conditional_digits", help="output folder")
@@ -144,8 +146,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the model is not class-conditional: train it with `flowplug train --conditional`")
     classes = model.num_classes
 
-    result = trainer.evaluate(held_out)  # with the model's own evaluation solver: fixed grids bias the BPD
-    print(f"held-out conditional bits/dim -log2 p(x | y) / D: {result['bpd']:.4f} ({result['num_images']} images)")
+    result = None
+    if not args.no_score:  # with the model's own evaluation solver: fixed grids bias the BPD
+        result = trainer.evaluate(held_out)
+        print(f"held-out conditional bits/dim -log2 p(x | y) / D: {result['bpd']:.4f} "
+              f"({result['num_images']} images)")
     with cnf_settings(model, steps=args.solver_steps):
         torch.manual_seed(args.seed)
         grid = conditional_samples(model, torch.arange(args.rows * classes) % classes)

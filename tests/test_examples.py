@@ -178,3 +178,7 @@ def test_conditional_digits_judges_a_conditional_glow_from_flowplug_train(tmp_pa
     results = json.loads((tmp_path / "judged" / "results.json").read_text())
     assert "trained on digits[train]" in out and results["samples_judged"] == 20
     assert results["held_out"]["num_images"] == 180 and results["held_out"]["conditional"] is True
+    run_example("conditional_digits.py", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--no-score",
+                "--judge", "20", "--epochs", "1", "--out", str(tmp_path / "unscored"))
+    unscored = json.loads((tmp_path / "unscored" / "results.json").read_text())
+    assert unscored["held_out"] is None and unscored["samples_recognised"] == results["samples_recognised"]
