@@ -99,9 +99,11 @@ def accuracy(classifier: Classifier, v: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def conditional_samples(model: flowplug.FlowModel, labels: torch.Tensor, batch: int = 100) -> torch.Tensor:
-    """Samples of ``model`` given ``labels``, ``batch`` at a time."""
-    return torch.cat([model.sample(len(part), y=part)[0] for part in labels.split(batch)])
+def conditional_samples(
+    model: flowplug.FlowModel, labels: torch.Tensor, temperature: float = 1.0, batch: int = 100
+) -> torch.Tensor:
+    """Samples of ``model`` given ``labels`` at ``temperature``, ``batch`` at a time."""
+    return torch.cat([model.sample(len(part), y=part, temperature=temperature)[0] for part in labels.split(batch)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
                              "evaluation solver, which also scores the held-out images)")
     parser.add_argument("--no-score", action="store_true",
                         help="skip the held-out BPD (a checkpoint's run reports it: flowplug evaluate CHECKPOINT)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature (scales the base distributions' std; 1 samples the model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="200 training steps, 100 judged samples, 3 epochs")
     parser.add_argument("--out", default="runs/examples/conditional_digits", help="output folder")
@@ -153,12 +157,12 @@ def main(argv: list[str] | None = None) -> None:
               f"({result['num_images']} images)")
     with cnf_settings(model, steps=args.solver_steps):
         torch.manual_seed(args.seed)
-        grid = conditional_samples(model, torch.arange(args.rows * classes) % classes)
+        grid = conditional_samples(model, torch.arange(args.rows * classes) % classes, args.temperature)
         path = out / "samples_per_class.png"
         save_samples(grid, path, columns=classes)
         print(f"wrote {path}: {args.rows} samples of each class, one class per column (0..{classes - 1})")
         judged_labels = torch.arange(args.judge) % classes
-        judged = conditional_samples(model, judged_labels)
+        judged = conditional_samples(model, judged_labels, args.temperature)
 
     classifier = train_classifier(train, classes, args.epochs, args.seed)
     real = accuracy(classifier, dequantize(held_out.x, held_out.n_bins), held_out.labels())
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.judge - int(finite.sum())} with non-finite pixels)")
     results = {"held_out": result, "classifier_accuracy_real": real, "samples_recognised": recognised,
                "samples_judged": args.judge, "samples_not_finite": args.judge - int(finite.sum()),
-               "classifier_epochs": args.epochs, "solver_steps": args.solver_steps}
+               "classifier_epochs": args.epochs, "solver_steps": args.solver_steps,
+               "temperature": args.temperature}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
 
