@@ -41,7 +41,7 @@ from flowplug.data import dequantize
 from flowplug.train import Trainer, load_checkpoint
 from flowplug.train.evaluation import cnf_settings
 from flowplug.train.feedback import save_samples
-from flowplug.train.splits import RecordedData, evaluation_split, training_split
+from flowplug.train.splits import evaluation_split, training_split
 
 
 def train_model(data: flowplug.ImageData, steps: int, seed: int, out: Path) -> Trainer:
@@ -135,11 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoint:
         checkpoint = load_checkpoint(args.checkpoint)
         trainer = Trainer.restore(checkpoint, device="cpu")
-        name = args.data or RecordedData.of(checkpoint.data).source
-        held_out = evaluation_split(checkpoint, name, root=args.data_root)
-        seed = checkpoint.trainer_config.get("seed", 0) if checkpoint.trainer_config else 0
-        data = flowplug.load_dataset(name, root=args.data_root)
-        train = training_split(name, data, holdout=checkpoint.data.get("split", {}).get("holdout"), seed=seed)[0]
+        held_out = evaluation_split(checkpoint, args.data, root=args.data_root)
+        train = evaluation_split(checkpoint, args.data, "train", root=args.data_root)
         print(f"loaded {args.checkpoint} (step {checkpoint.step}, trained on {checkpoint.data['name']})")
     else:
         data = flowplug.load_dataset(args.data or "digits", root=args.data_root)

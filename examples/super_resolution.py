@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from flowplug.data import dequantize
 from flowplug.train import Trainer
 from flowplug.train.feedback import save_image_grid
-from flowplug.train.splits import RecordedData, evaluation_split
+from flowplug.train.splits import evaluation_split
 
 TEMPERATURES = (0.0, 0.7)
 
@@ -63,8 +63,7 @@ def load_model(path: str, data: str | None, data_root: str | None) -> tuple[torc
     ``data`` (default: the data set it was trained on)."""
     checkpoint = flowplug.load_checkpoint(path)
     model = Trainer.restore(checkpoint, device="cpu").eval_model()
-    name = data or RecordedData.of(checkpoint.data).source
-    held_out = evaluation_split(checkpoint, name, root=data_root)
+    held_out = evaluation_split(checkpoint, data, root=data_root)
     print(f"loaded {path} (step {checkpoint.step}, trained on {checkpoint.data['name']})")
     return model, held_out
 

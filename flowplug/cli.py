@@ -286,9 +286,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _data_source(args: argparse.Namespace, record: dict[str, Any] | None) -> RecordedData:
-    """The data set a command loads: ``--data`` (default digits) with ``--size`` and ``--channels``, or, when
-    ``--data`` is not given, the data set of ``record`` (a resumed or scored checkpoint's ``data``: the images
-    the run was trained on), with the flags given over its own."""
+    """The data set ``flowplug train`` loads: ``--data`` (default digits) with ``--size`` and ``--channels``, or,
+    when ``--data`` is not given, the data set of ``record`` (a resumed checkpoint's ``data``: the images the run
+    was trained on), with the flags given over its own."""
     if args.data is None and record is not None:
         recorded = RecordedData.of(record)
         return RecordedData(recorded.source, args.channels or recorded.channels, args.size or recorded.size)
@@ -351,9 +351,8 @@ def _solver_record(args: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     trainer, checkpoint = _restore(args)
-    source = _data_source(args, checkpoint.data)
-    data = evaluation_split(checkpoint, source.source, args.split, holdout=args.holdout, seed=args.seed,
-                            root=args.data_root, size=source.size, channels=source.channels or 3)
+    data = evaluation_split(checkpoint, args.data, args.split, holdout=args.holdout, seed=args.seed,
+                            root=args.data_root, size=args.size, channels=args.channels)
     with _solver(args, trainer):
         result = trainer.evaluate(data)
     print(json.dumps({"data": data.name, "step": checkpoint.step, **_solver_record(args), **result}, indent=2))
@@ -377,7 +376,7 @@ def _ood(args: argparse.Namespace) -> int:
     _check_out(out, folder=True)
     trainer, checkpoint = _restore(args)
     sets = [evaluation_split(checkpoint, name, split, holdout=args.holdout, seed=args.seed, root=args.data_root,
-                             size=args.size, channels=args.channels or 3)
+                             size=args.size, channels=args.channels)
             for name, split in zip(args.data, splits, strict=True)]
     if args.max_images is not None:
         sets = [d.first(args.max_images) for d in sets]

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from flowplug._checks import check_positive_integers
+
 try:
     from hypothesis import strategies as st
     from hypothesis.strategies import SearchStrategy
@@ -178,8 +180,7 @@ def labels(draw, num_classes: int, batch_size: Size, *, device: torch.device | s
     """Class labels for a conditional model: an int64 tensor ``(batch_size,)`` of values in ``0 … num_classes − 1``,
     sometimes all one class (one class per batch is what a per-class check runs), sometimes every class
     in turn, otherwise drawn at random."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_positive_integers(num_classes=num_classes)
     n = draw(sizes(batch_size, name="batch_size"))
     pattern = draw(st.sampled_from(("one class", "every class", "random")))
     if pattern == "one class":

@@ -74,18 +74,24 @@ def training_split(name: str, data: ImageData, *, holdout: float | None = None, 
     return data.split(DEFAULT_HOLDOUT if holdout is None else holdout, seed=seed)
 
 
-def evaluation_split(checkpoint: Checkpoint, name: str, split: str = "held-out", *, holdout: float | None = None,
-                     seed: int | None = None, root: str | None = None, size: int | None = None,
-                     channels: int = 3) -> ImageData:
-    """The ``split`` (one of :data:`SPLITS`) of data set ``name`` to score ``checkpoint`` on.
+def evaluation_split(checkpoint: Checkpoint, name: str | None = None, split: str = "held-out", *,
+                     holdout: float | None = None, seed: int | None = None, root: str | None = None,
+                     size: int | None = None, channels: int | None = None) -> ImageData:
+    """The ``split`` (one of :data:`SPLITS`) of data set ``name`` to score ``checkpoint`` on; ``name=None`` is the
+    data set the checkpoint was trained on (:class:`RecordedData`: its path, and an image folder's channels and
+    size unless ``channels``/``size`` are given).
 
     ``held-out`` is the checkpoint's own held-out images (``train`` its training images) when ``name`` holds the
     images it was trained on; ``holdout`` and ``seed`` may only repeat the checkpoint's. For data with their own
     held-out part, ``held-out`` and ``test`` are that part. A split holding images the checkpoint was trained on
     as held out (``all``, or ``test`` of a set whose test split is its training data) is refused, as are images of
-    another shape or ``n_bins`` than the model's. ``root``, ``size`` and ``channels`` are
+    another shape or ``n_bins`` than the model's. ``root``, ``size`` and ``channels`` (default 3) are
     :func:`~flowplug.data.load_dataset`'s.
     """
+    if name is None:
+        recorded = RecordedData.of(checkpoint.data)
+        name, size, channels = recorded.source, size or recorded.size, channels or recorded.channels
+    channels = channels or 3
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if _check_split_options(name, holdout, seed):
