@@ -321,21 +321,29 @@ def _checkpoint_path(given: str) -> Path:
 def _sample(args: argparse.Namespace) -> int:
     if not 0 < args.temperature < math.inf:
         raise ValueError(f"--temperature must be a positive finite number, got {args.temperature}")
-    out = Path(args.out) if args.out else RunFolder.samples_of(_checkpoint_path(args.checkpoint), args.temperature)
+    if not math.isfinite(args.guidance):
+        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    out = Path(args.out) if args.out else RunFolder.samples_of(_checkpoint_path(args.checkpoint), args.temperature,
+                                                               args.guidance)
     _check_out(out, folder=False)
     trainer, _ = _restore(args)
     classes = trainer.model.num_classes
     if args.label is not None and classes is None:
         raise ValueError("--label needs a class-conditional model; this checkpoint's model is not one")
+    if args.guidance and not trainer.model.can_guide:
+        raise ValueError("--guidance needs a class-conditional MRCNF trained with label_dropout (flowplug train "
+                         "--conditional --model-options '{\"label_dropout\": 0.1}'); this checkpoint's model is "
+                         "not one")
     torch.manual_seed(args.seed)
     with _solver(args, trainer):
-        v = trainer.sample(args.num, args.temperature, y=args.label)
+        v = trainer.sample(args.num, args.temperature, y=args.label, guidance=args.guidance)
     per_class = classes is not None and args.label is None
     save_samples(v, out, zoom=args.zoom, columns=classes if per_class else None)
     if out.exists():
         what = (f" of class {args.label}" if args.label is not None else
                 f", one class per column (0..{classes - 1})" if per_class else "")
-        print(f"wrote {args.num} samples{what} (temperature {args.temperature}) to {out}")
+        guided = f", guidance {args.guidance:g}" if args.guidance else ""
+        print(f"wrote {args.num} samples{what} (temperature {args.temperature}{guided}) to {out}")
     return 0
 
 
@@ -423,6 +431,8 @@ def _recipes(args: argparse.Namespace) -> int:
         print(f"  train: {json.dumps(stored['train'])}")
         if stored.get("adapt"):
             print(f"  fitted to the data by: {', '.join(stored['adapt'])}")
+        if stored.get("conditional"):
+            print(f"  class-conditional models also take: {json.dumps(stored['conditional']['model'])}")
     print("\nthe rules (flowplug.recipes.rules):\n" + (rules.__doc__ or "").split("\n\n", 1)[1].rstrip())
     return 0
 
@@ -496,6 +506,10 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--label", type=int, metavar="K",
                                  help="a class-conditional model's class to sample (default: every class, one "
                                       "per column of the grid)")
+            command.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                                 help="classifier-free guidance weight of a class-conditional MRCNF trained with "
+                                      "label_dropout: sample along (1+W) f(x|label) - W f(x) (default 0: the "
+                                      "model itself)")
             command.add_argument("--out", help="PNG path (default: <run>/samples/<checkpoint>-t<temperature>.png)")
             command.add_argument("--zoom", type=int,
                                  help="upscale the grid this many times (default: to at least 256 pixels a side)")

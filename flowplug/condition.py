@@ -92,24 +92,39 @@ def check_condition(
 
 class ConditionEncoder(nn.Module):
     """Features ``(B, features)`` of a checked condition: a learned ``nn.Embedding(num_classes, embedding_dim)``
-    of class labels, or (``condition_dim``) the given vectors themselves."""
+    of class labels, or (``condition_dim``) the given vectors themselves.
+
+    ``null_class`` adds one more embedding row, label ``num_classes``: the "no label" of classifier-free
+    guidance, which training substitutes for some labels (``MRCNF(label_dropout=...)``) and guided sampling
+    contrasts with the label (:mod:`flowplug.cnf.guidance`). Users never pass it: :func:`check_condition` refuses
+    labels outside ``0 … num_classes − 1``; :meth:`null_labels` makes them."""
 
     def __init__(
-        self, num_classes: int | None = None, condition_dim: int | None = None, embedding_dim: int | None = None
+        self, num_classes: int | None = None, condition_dim: int | None = None, embedding_dim: int | None = None,
+        null_class: bool = False,
     ) -> None:
         super().__init__()
         check_condition_options(num_classes, condition_dim, embedding_dim)
         if num_classes is None and condition_dim is None:
             raise ValueError("a ConditionEncoder needs num_classes or condition_dim")
+        if null_class and num_classes is None:
+            raise ValueError("a null class is a label; it needs num_classes")
+        self.null_label = num_classes if null_class else None
         self.embedding: nn.Embedding | None = None
         if num_classes is not None:
-            self.embedding = nn.Embedding(num_classes, embedding_dim or DEFAULT_EMBEDDING_DIM)
+            self.embedding = nn.Embedding(num_classes + int(null_class), embedding_dim or DEFAULT_EMBEDDING_DIM)
             self.features = self.embedding.embedding_dim
         else:
             self.features = int(condition_dim)  # type: ignore[arg-type]
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.embedding is None else self.embedding(y)
+
+    def null_labels(self, like: torch.Tensor) -> torch.Tensor:
+        """The null label for every row of the labels ``like``; ``ValueError`` without a null class."""
+        if self.null_label is None:
+            raise ValueError("this encoder has no null class (build the model with label_dropout > 0)")
+        return torch.full_like(like, self.null_label)
 
 
 def spatial_features(features: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:

@@ -10,7 +10,8 @@ from PIL import Image
 from flowplug.cli import main
 from flowplug.train import load_checkpoint
 
-SMALL = '{"hidden_channels": 8, "num_blocks": 1, "eval_solver": {"method": "rk4", "steps": 1}}'
+SMALL = ('{"hidden_channels": 8, "num_blocks": 1, "eval_solver": {"method": "rk4", "steps": 1}, '
+         '"label_dropout": 0.1}')
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,7 @@ def conditional_run(tmp_path_factory):
 def test_train_conditional_records_the_classes(conditional_run):
     checkpoint = load_checkpoint(conditional_run / "checkpoints" / "best.pt")
     assert checkpoint.model_config["num_classes"] == 10  # the digits' labels
+    assert checkpoint.model_config["label_dropout"] == 0.1
     report = json.loads((conditional_run / "report.json").read_text())
     assert report["held_out"]["conditional"] is True
 
@@ -44,6 +46,15 @@ def test_sample_a_label_or_a_grid_per_class_and_evaluate(conditional_run, tmp_pa
     assert json.loads(capsys.readouterr().out)["conditional"] is True
 
 
+def test_sample_with_classifier_free_guidance(conditional_run, capsys):
+    checkpoint = str(conditional_run / "checkpoints" / "best.pt")
+    assert main(["sample", checkpoint, "--label", "3", "--num", "4", "--steps", "1", "--guidance", "2"]) == 0
+    assert "guidance 2" in capsys.readouterr().out
+    assert (conditional_run / "samples" / "best-t1-g2.png").stat().st_size > 0  # beside the unguided grids
+    assert main(["sample", checkpoint, "--guidance", "nan", "--steps", "1"]) == 2
+    assert "--guidance must be a finite number" in capsys.readouterr().err
+
+
 def test_conditional_glow_and_refusals(tmp_path, capsys):
     out = tmp_path / "glow"
     assert main(["train", "--recipe", "glow", "--conditional", "--steps", "1", "--batch-size", "16",
@@ -57,6 +68,8 @@ def test_conditional_glow_and_refusals(tmp_path, capsys):
     assert main(["sample", str(plain / "checkpoints" / "best.pt"), "--label", "1",
                  "--out", str(tmp_path / "p.png")]) == 2
     assert "--label needs a class-conditional model" in capsys.readouterr().err
+    assert main(["sample", checkpoint, "--label", "1", "--guidance", "1", "--out", str(tmp_path / "g.png")]) == 2
+    assert "--guidance needs a class-conditional MRCNF trained with label_dropout" in capsys.readouterr().err
     assert main(["train", "--recipe", "glow", "--conditional", "--resume", "--steps", "2", "--out", str(out)]) == 2
     assert "keeps its own model" in capsys.readouterr().err
 

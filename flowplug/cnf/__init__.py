@@ -7,6 +7,7 @@ Importing this package registers ``"cnf"`` (kind ``"flow"``), ``"conv_odenet"``,
 
 from flowplug.cnf.divergence import exact_divergence, hutchinson_divergence, sample_probe
 from flowplug.cnf.flow import CNF, DIVERGENCES, NFECount
+from flowplug.cnf.guidance import Guidance, GuidedVelocity
 from flowplug.cnf.nets import ACTIVATIONS, ConvODENet, MLPODENet
 from flowplug.cnf.regularization import RNODE
 from flowplug.cnf.resnet import ResODENet
@@ -19,6 +20,8 @@ __all__ = [
     "FIXED_STEP_METHODS",
     "RNODE",
     "ConvODENet",
+    "Guidance",
+    "GuidedVelocity",
     "MLPODENet",
     "NFECount",
     "ODESolverError",

@@ -29,6 +29,7 @@ from flowplug._checks import check_finite, check_floating, check_same_dtype_and_
 from flowplug.cnf.coupling import COUPLINGS, ot_pairing, sample_times
 from flowplug.cnf.divergence import PROBES, exact_divergence, hutchinson_divergence, sample_probe
 from flowplug.cnf.flow_matching import straight_path
+from flowplug.cnf.guidance import Guidance, GuidedVelocity
 from flowplug.cnf.regularization import RNODE
 from flowplug.cnf.solver import DEFAULT_SOLVER, ODESolverError, SolverSettings, solve
 from flowplug.registry import register
@@ -217,16 +218,18 @@ class CNF(Flow):
         return dict(self._extra_terms)
 
     def forward(
-        self, z: torch.Tensor, context: torch.Tensor | None = None
+        self, z: torch.Tensor, context: torch.Tensor | None = None, *, guidance: Guidance | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampling: latent ``z`` (time T) → data (time 0); returns ``(x, log|det ∂x/∂z|)``."""
-        return self._integrate(z, context, density=False)
+        """Sampling: latent ``z`` (time T) → data (time 0); returns ``(x, log|det ∂x/∂z|)``. With ``guidance``
+        the solve follows the guided field of :mod:`flowplug.cnf.guidance` instead of the net's."""
+        return self._integrate(z, context, density=False, guidance=guidance)
 
     def inverse(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, *, guidance: Guidance | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Density: data ``x`` (time 0) → latent (time T); returns ``(z, log|det ∂z/∂x|)``."""
-        return self._integrate(x, context, density=True)
+        """Density: data ``x`` (time 0) → latent (time T); returns ``(z, log|det ∂z/∂x|)``, of the guided flow
+        with ``guidance`` (the inverse of a guided :meth:`forward`)."""
+        return self._integrate(x, context, density=True, guidance=guidance)
 
     def flow_matching_loss(
         self,
@@ -288,9 +291,15 @@ class CNF(Flow):
         check_finite(context, "CNF context")
 
     def _integrate(
-        self, x: torch.Tensor, context: torch.Tensor | None, *, density: bool
+        self, x: torch.Tensor, context: torch.Tensor | None, *, density: bool, guidance: Guidance | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_inputs(x, context)
+        net = self.net
+        if guidance is not None:
+            if context is None:
+                raise ValueError("guidance contrasts a context with a null context; this solve has no context")
+            check_same_dtype_and_device(guidance.null_context, "the null context", context, "the context")
+            net = GuidedVelocity(self.net, guidance)
         settings = self.solver
         divergence = self.divergence if self.training else self.eval_divergence
         probe = sample_probe(x, self.probe) if divergence == "hutchinson" else None
@@ -298,7 +307,7 @@ class CNF(Flow):
         rnode = self.rnode if regularize else None
         self._last_nfe = NFECount()
         dynamics = _Dynamics(
-            self.net, context, probe, rnode, settings, (self.nfe, self._last_nfe), self.check_finite
+            net, context, probe, rnode, settings, (self.nfe, self._last_nfe), self.check_finite
         )
 
         zeros = x.new_zeros(x.shape[0])

@@ -93,6 +93,11 @@ class FlowModel(nn.Module, ABC):
         sample, for a conditional model); ``temperature`` scales the base's std."""
 
     @property
+    def can_guide(self) -> bool:
+        """Whether :meth:`sample` takes ``guidance=w`` (classifier-free guidance); ``False`` unless a model says."""
+        return False
+
+    @property
     def is_conditional(self) -> bool:
         """Whether the model scores and samples given a condition ``y`` (:attr:`num_classes` or
         :attr:`condition_dim` set)."""

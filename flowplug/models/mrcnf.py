@@ -40,10 +40,10 @@ from torch import nn
 from flowplug._checks import check_finite, check_floating, check_num_samples
 from flowplug.asinh import AsinhStretch
 from flowplug.bin_warp import EdgeBinWarp
-from flowplug.cnf import CNF, ResODENet
+from flowplug.cnf import CNF, Guidance, ResODENet
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
 from flowplug.condition import DEFAULT_EMBEDDING_DIM, ConditionEncoder, check_condition_options, spatial_features
-from flowplug.conditioning import ComposedFlow, run_inverse
+from flowplug.conditioning import ComposedFlow, run_forward, run_inverse
 from flowplug.distributions import StandardNormal
 from flowplug.models.base import FlowModel
 from flowplug.registry import build, get_component, register
@@ -114,15 +114,20 @@ class ResolutionLevel(ComposedFlow):
         prepared = x if self.preprocess is None else run_inverse([self.preprocess], x)[0]
         self.standardize.initialize(prepared)
 
+    def single_cnf(self, purpose: str) -> CNF:
+        """The level's one flow, a CNF, which ``purpose`` (e.g. ``"flow matching"``) needs; else ``ValueError``."""
+        if len(self.flows) != 1 or not isinstance(self.flows[0], CNF):
+            kinds = [type(f).__name__ for f in self.flows]
+            raise ValueError(f"{purpose} needs a level made of exactly one CNF, this level holds {kinds}")
+        return self.flows[0]
+
     def flow_matching_loss(
         self, x: torch.Tensor, context: torch.Tensor | None = None, sigma: float = 1e-4, **options: Any
     ) -> torch.Tensor:
         """Per-sample flow-matching loss of the level's CNF on its prepared tensor (the level must be one CNF)."""
-        if len(self.flows) != 1 or not isinstance(self.flows[0], CNF):
-            kinds = [type(f).__name__ for f in self.flows]
-            raise ValueError(f"flow matching needs a level made of exactly one CNF, this level holds {kinds}")
+        cnf = self.single_cnf("flow matching")
         prepared, _ = run_inverse(self._preparation(), x)
-        return self.flows[0].flow_matching_loss(prepared, context, sigma=sigma, **options)
+        return cnf.flow_matching_loss(prepared, context, sigma=sigma, **options)
 
     def inverse_and_log_det(
         self, x: torch.Tensor, context: torch.Tensor | None = None
@@ -142,11 +147,18 @@ class ResolutionLevel(ComposedFlow):
         return self.base.log_prob(z) + log_det
 
     def sample(
-        self, num_samples: int, context: torch.Tensor | None = None, temperature: float | None = None
+        self, num_samples: int, context: torch.Tensor | None = None, temperature: float | None = None,
+        guidance: Guidance | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, log q(x | context))``; ``temperature`` scales the base's standard deviation."""
+        """``(x, log q(x | context))``; ``temperature`` scales the base's standard deviation. With ``guidance``
+        (the level must be one CNF) the CNF follows the guided field, and ``log q`` is the guided sampler's."""
         z, log_q = self.base.sample(num_samples, temperature)
-        x, log_det = self.forward_and_log_det(z, context)
+        if guidance is None:
+            x, log_det = self.forward_and_log_det(z, context)
+        else:
+            x, log_det = self.single_cnf("guided sampling")(z, context, guidance=guidance)
+            x, prepared_log_det = run_forward(self._preparation(), x)
+            log_det = log_det + prepared_log_det
         return x, log_q - log_det
 
 
@@ -260,6 +272,10 @@ class MRCNF(FlowModel):
             :meth:`log_prob` is then ``log p(v | y)`` and every method takes the labels ``y``.
         condition_dim: condition every level on a given vector of this length instead (its entries are the
             features).
+        label_dropout: with ``num_classes``, the probability with which flow matching replaces a training label
+            by a learned *null* label, so that every level also learns its unconditional field; then
+            :meth:`sample` and :meth:`super_resolve` take ``guidance=w`` (classifier-free guidance,
+            :mod:`flowplug.cnf.guidance`). Likelihood training and :meth:`log_prob` always use the labels.
 
     The condition's features widen each default level's net context by their number (the coarsest level's
     net gets them as its only context; the default net adds them to its time embedding instead of convolving
@@ -283,11 +299,14 @@ class MRCNF(FlowModel):
         num_classes: int | None = None,
         condition_dim: int | None = None,
         embedding_dim: int | None = None,
+        label_dropout: float = 0.0,
         **level_options: Any,
     ) -> None:
         super().__init__()
         check_condition_options(num_classes, condition_dim, embedding_dim)
+        _check_label_dropout(label_dropout, num_classes)
         self.num_classes, self.condition_dim = num_classes, condition_dim
+        self.label_dropout = float(label_dropout)
         self.image_shape = _check_image_shape(image_shape, levels)
         self.num_levels = levels
         if level_flows is not None and len(level_flows) != levels:
@@ -318,7 +337,7 @@ class MRCNF(FlowModel):
             if preprocess is None and detail_stretch is not None:  # issue 11: point masses of flat regions
                 preprocess = AsinhStretch(detail_stretch)
             standardizer = Standardize(shape[0]) if standardize else None
-            encoder = ConditionEncoder(**condition) if self.is_conditional else None
+            encoder = ConditionEncoder(**condition, null_class=self.can_guide) if self.is_conditional else None
             self.levels.append(ResolutionLevel(flows, shape, context_shape, preprocess, standardizer, encoder))
         rebuildable = level_flows is None or all(lf is None or _is_plain_spec(lf) for lf in level_flows)
         self.config: dict[str, Any] | None = (
@@ -340,6 +359,7 @@ class MRCNF(FlowModel):
                     dict(net_options) if isinstance(net_options, Mapping) else
                     [None if o is None else dict(o) for o in net_options])}),
                 **{key: value for key, value in condition.items() if value is not None},
+                **({"label_dropout": label_dropout} if label_dropout else {}),
             }
             if rebuildable
             else None
@@ -502,11 +522,15 @@ class MRCNF(FlowModel):
         :meth:`flowplug.CNF.flow_matching_loss`. A frozen level (no parameter requires a gradient, see
         :meth:`set_trainable_levels`, e.g. the old levels after :meth:`grow`) is not computed: its term is 0.
         A conditional model regresses given ``y``; with class labels the ``"ot"`` coupling pairs data and
-        noise within each class only (:mod:`flowplug.cnf.coupling`)."""
+        noise within each class only (:mod:`flowplug.cnf.coupling`); with ``label_dropout`` each label is replaced
+        by the null label with that probability (the pairing still keeps to the true classes)."""
         warped = self._warped(v)[0]
         y = self.check_condition(y, v)
         if self.num_classes is not None:
             options = {**options, "groups": y}
+        if self.label_dropout:
+            dropped = torch.rand(y.shape, device=y.device) < self.label_dropout  # type: ignore[union-attr]
+            y = torch.where(dropped, self.levels[0].condition.null_labels(y), y)  # type: ignore[union-attr]
         frozen = set(self.frozen_levels())
         return [
             x.new_zeros(()) if s in frozen else level.flow_matching_loss(x, context, sigma, **options).mean()
@@ -514,43 +538,66 @@ class MRCNF(FlowModel):
         ]
 
     # -------------------------------------------------------------------------------------------- sampling
+    @property
+    def can_guide(self) -> bool:
+        """Whether :meth:`sample` takes ``guidance`` (a class-conditional model trained with ``label_dropout``)."""
+        return self.label_dropout > 0
+
     def sample(
-        self, num_samples: int = 1, temperature: float | None = None, y: torch.Tensor | int | None = None
+        self, num_samples: int = 1, temperature: float | None = None, y: torch.Tensor | int | None = None,
+        guidance: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample coarse to fine: ``(v, log q(v))``; ``temperature`` scales every level's base std. A conditional
         model samples given ``y``: one label for every sample (an ``int``) or one label (vector) per sample;
-        ``log q`` is then ``log q(v | y)``."""
+        ``log q`` is then ``log q(v | y)``. ``guidance=w ≠ 0`` (a model with ``label_dropout``) samples every
+        level along its classifier-free guided field (:mod:`flowplug.cnf.guidance`); ``log q`` is then the
+        density of that guided sampler, not of the model."""
         check_num_samples(num_samples)
         y = self.sample_condition(num_samples, y)
         coarsest = self.levels[-1]
         dtype = coarsest.base._anchor.dtype  # the model's dtype (the base holds no parameter)
         x, log_q = coarsest.sample(num_samples, context=coarsest.context_for(None, y, dtype),
-                                   temperature=temperature)
-        return self._refine(x, log_q, self.num_levels - 1, temperature, y)
+                                   temperature=temperature, guidance=self._guidance(coarsest, None, y, guidance))
+        return self._refine(x, log_q, self.num_levels - 1, temperature, y, guidance)
+
+    def _guidance(self, level: ResolutionLevel, coarse: torch.Tensor | None, y: torch.Tensor | None,
+                  weight: float) -> Guidance | None:
+        """The guidance of ``level`` given ``coarse`` (``None`` at the coarsest level): ``None`` for ``weight``
+        0, else ``weight`` against the context of the null label."""
+        if weight == 0:
+            return None
+        if not self.can_guide:
+            raise ValueError("guidance needs a class-conditional MRCNF trained with label_dropout > 0 (its null "
+                             "label is the unconditional field that guidance contrasts with)")
+        dtype = level.base._anchor.dtype if coarse is None else coarse.dtype
+        return Guidance(weight, level.context_for(coarse, level.condition.null_labels(y), dtype))  # type: ignore
 
     def _refine(
         self, x: torch.Tensor, log_q: torch.Tensor, from_level: int, temperature: float | None,
-        y: torch.Tensor | None = None,
+        y: torch.Tensor | None = None, guidance: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample the details of levels ``from_level − 1 … 0`` given the coarse image ``x`` (and the checked
-        condition ``y``)."""
+        condition ``y``, with ``guidance``)."""
         for s in range(from_level - 1, -1, -1):
-            details, log_q_s = self.levels[s].sample(x.shape[0], context=self.levels[s].context_for(x, y, x.dtype),
-                                                     temperature=temperature)
+            level = self.levels[s]
+            details, log_q_s = level.sample(x.shape[0], context=level.context_for(x, y, x.dtype),
+                                            temperature=temperature, guidance=self._guidance(level, x, y, guidance))
             x = haar_reconstruct(x, details)
             log_q = log_q + log_q_s
         v, log_det = self._warp_out(x)
         return v, log_q - log_det
 
     def super_resolve(
-        self, coarse: torch.Tensor, temperature: float | None = 1.0, y: torch.Tensor | int | None = None
+        self, coarse: torch.Tensor, temperature: float | None = 1.0, y: torch.Tensor | int | None = None,
+        guidance: float = 0.0,
     ) -> torch.Tensor:
         """Upsample coarse images ``(B, C, h, w)`` to the model's full resolution by sampling their details.
 
         ``h, w`` must be the size of one of the model's coarse images (``H / 2^k`` for ``1 ≤ k ≤ S-1``); the
         output's Haar coarse part at that size equals ``coarse`` (with a ``bin_warp``: the warped output's, which
         differs only within the dequantisation noise). ``temperature=0`` takes each base's mode. A conditional
-        model samples the details given ``y`` (one label for all images, or one per image).
+        model samples the details given ``y`` (one label for all images, or one per image), with ``guidance`` as
+        in :meth:`sample`.
         """
         check_floating(coarse, "coarse")
         channels, height, width = self.image_shape
@@ -563,7 +610,7 @@ class MRCNF(FlowModel):
         k = sizes[tuple(coarse.shape[2:])]
         y = self.sample_condition(coarse.shape[0], y)
         log_q = torch.zeros(coarse.shape[0], dtype=coarse.dtype, device=coarse.device)
-        return self._refine(coarse, log_q, k, temperature, y)[0]
+        return self._refine(coarse, log_q, k, temperature, y, guidance)[0]
 
     # -------------------------------------------------------------------------------- level-wise training
     def set_trainable_levels(self, levels: Iterable[int] | None) -> None:
@@ -681,6 +728,13 @@ def _check_level_options(options: Mapping[str, Any], net: str) -> None:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"MRCNF has no option {key!r} with net={net!r}{hint} (level options: "
                             f"{', '.join(known)})")
+
+
+def _check_label_dropout(label_dropout: float, num_classes: int | None) -> None:
+    if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float)) or not 0 <= label_dropout < 1:
+        raise ValueError(f"label_dropout must be a probability in [0, 1), got {label_dropout!r}")
+    if label_dropout and num_classes is None:
+        raise ValueError("label_dropout replaces class labels by a null label; it needs num_classes")
 
 
 def _check_image_shape(image_shape: Sequence[int], levels: int) -> tuple[int, int, int]:

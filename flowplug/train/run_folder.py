@@ -86,12 +86,13 @@ class RunFolder:
         return self.root / "samples" / f"step-{step:08d}-t{temperature:g}.png"
 
     @staticmethod
-    def samples_of(checkpoint: Path, temperature: float) -> Path:
+    def samples_of(checkpoint: Path, temperature: float, guidance: float = 0.0) -> Path:
         """Where samples of ``checkpoint`` go: ``<run>/samples/<checkpoint>-t<temperature>.png`` beside the run's
         own grids when the checkpoint lies in a run folder's ``checkpoints/``, else a ``samples/`` folder beside
-        the checkpoint."""
+        the checkpoint; guided samples' names end in ``-g<guidance>``."""
         folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-        return folder / "samples" / f"{checkpoint.stem}-t{temperature:g}.png"
+        guided = f"-g{guidance:g}" if guidance else ""
+        return folder / "samples" / f"{checkpoint.stem}-t{temperature:g}{guided}.png"
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def step_checkpoints(self) -> list[Path]:

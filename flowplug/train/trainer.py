@@ -221,16 +221,18 @@ class Trainer:
                         autocast=self._autocast(), **options)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, temperature: float | None = None, y: torch.Tensor | int | None = None
-               ) -> torch.Tensor:
+    def sample(self, num_samples: int, temperature: float | None = None, y: torch.Tensor | int | None = None,
+               guidance: float = 0.0) -> torch.Tensor:
         """Images from the EMA model (or the model without EMA), seeded by the current step; a label-conditional
-        model's are of class ``y`` (one label or one per image; default ``0, 1, …, K−1, 0, …``)."""
+        model's are of class ``y`` (one label or one per image; default ``0, 1, …, K−1, 0, …``), ``guidance``d
+        if not 0 (a model that :attr:`~flowplug.FlowModel.can_guide`)."""
         model = self.eval_model()
         model.eval()
         labels = grid_labels(model, num_samples, self.device) if y is None else y
+        options = {**({} if labels is None else {"y": labels}), **({"guidance": guidance} if guidance else {})}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.config.seed + self.step)
-            v, _ = model.sample(num_samples, temperature=temperature, **({} if labels is None else {"y": labels}))
+            v, _ = model.sample(num_samples, temperature=temperature, **options)
         return v
 
     @classmethod
