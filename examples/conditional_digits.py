@@ -7,12 +7,15 @@ draws class ``k``. This script
 
 1. trains a small two-level conditional MRCNF by flow matching on the embedded 8×8 digits (or any labelled
    data set: ``--data`` an ``.npz`` with ``y``, ``mnist``/``cifar10`` under ``--data-root``, a folder of
-   class sub-folders), or loads a conditional checkpoint written by ``flowplug train --conditional``
-   (``--checkpoint``; ``--data`` defaults to the data set it was trained on);
+   class sub-folders), with label dropout, or loads a conditional checkpoint written by ``flowplug train
+   --conditional`` (``--checkpoint``; ``--data`` defaults to the data set it was trained on);
 2. reports its held-out conditional bits per dimension (unless ``--no-score``);
-3. saves ``samples_per_class.png``: ``--rows`` samples of every class, one class per column;
-4. trains a small convolutional classifier on the real training images, states its accuracy on the held-out
-   images, and reports how often it recognises ``--judge`` conditional samples as the class they were drawn for.
+3. trains a small convolutional classifier on the real training images and states its accuracy on the held-out
+   images;
+4. at every classifier-free guidance weight ``--guidance`` (default 0, the model itself, and 2 for a model trained
+   with label dropout), saves a grid of ``--rows`` samples of every class, one class per column
+   (``samples_per_class.png`` for the first weight), and reports how often the classifier recognises ``--judge``
+   conditional samples as the class they were drawn for.
 
 Run (from the repository root):
 
@@ -44,13 +47,17 @@ from flowplug.train.feedback import save_samples
 from flowplug.train.splits import evaluation_split, training_split
 
 
+GUIDED = 2.0
+"""The guidance weight judged beside the model itself by default."""
+
+
 def train_model(data: flowplug.ImageData, steps: int, seed: int, out: Path) -> Trainer:
     """A small two-level conditional MRCNF trained by flow matching on ``data``'s training split."""
     train = training_split("given", data, seed=seed)[0]
     solver = {"method": "rk4", "step_size": 0.125}
     torch.manual_seed(seed)
-    model = flowplug.MRCNF(data.image_shape, levels=2, num_classes=data.num_classes, hidden_channels=32,
-                           num_blocks=1, train_solver=solver, eval_solver=solver)
+    model = flowplug.MRCNF(data.image_shape, levels=2, num_classes=data.num_classes, label_dropout=0.1,
+                           hidden_channels=32, num_blocks=1, train_solver=solver, eval_solver=solver)
     config = flowplug.TrainConfig(steps=steps, batch_size=64, lr=2e-3, seed=seed, objective="flow_matching",
                                   warmup_steps=min(50, steps // 5), progress=False, tensorboard=False,
                                   checkpoint_every=steps, eval_batch_size=200)
@@ -100,10 +107,23 @@ def accuracy(classifier: Classifier, v: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def conditional_samples(
-    model: flowplug.FlowModel, labels: torch.Tensor, temperature: float = 1.0, batch: int = 100
+    model: flowplug.FlowModel, labels: torch.Tensor, temperature: float = 1.0, guidance: float = 0.0,
+    batch: int = 100,
 ) -> torch.Tensor:
-    """Samples of ``model`` given ``labels`` at ``temperature``, ``batch`` at a time."""
-    return torch.cat([model.sample(len(part), y=part, temperature=temperature)[0] for part in labels.split(batch)])
+    """Samples of ``model`` given ``labels`` at ``temperature`` (and classifier-free ``guidance`` when not 0),
+    ``batch`` at a time."""
+    guided = {"guidance": guidance} if guidance else {}
+    return torch.cat([model.sample(len(part), y=part, temperature=temperature, **guided)[0]
+                      for part in labels.split(batch)])
+
+
+def recognised(classifier: Classifier, samples: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """The fraction of ``samples`` the classifier puts in their ``labels``' class (a sample with non-finite pixels
+    counts as not recognised), and the number of those non-finite samples."""
+    finite = torch.isfinite(samples.flatten(1)).all(1)
+    if not finite.any():
+        return 0.0, len(samples)
+    return accuracy(classifier, samples[finite], labels[finite]) * float(finite.float().mean()), int((~finite).sum())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the held-out BPD (a checkpoint's run reports it: flowplug evaluate CHECKPOINT)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="sampling temperature (scales the base distributions' std; 1 samples the model)")
+    parser.add_argument("--guidance", type=float, nargs="+", metavar="W",
+                        help="classifier-free guidance weights to sample and judge at, 0 being the model itself "
+                             f"(default: 0 and {GUIDED} for a model trained with label_dropout, else 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="200 training steps, 100 judged samples, 3 epochs")
     parser.add_argument("--out", default="runs/examples/conditional_digits", help="output folder")
@@ -146,32 +169,33 @@ def main(argv: list[str] | None = None) -> None:
     if model.num_classes is None:
         raise SystemExit("the model is not class-conditional: train it with `flowplug train --conditional`")
     classes = model.num_classes
+    args.guidance = args.guidance or ([0.0, GUIDED] if model.can_guide else [0.0])
 
     result = None
     if not args.no_score:  # with the model's own evaluation solver: fixed grids bias the BPD
         result = trainer.evaluate(held_out)
         print(f"held-out conditional bits/dim -log2 p(x | y) / D: {result['bpd']:.4f} "
               f"({result['num_images']} images)")
-    with cnf_settings(model, steps=args.solver_steps):
-        torch.manual_seed(args.seed)
-        grid = conditional_samples(model, torch.arange(args.rows * classes) % classes, args.temperature)
-        path = out / "samples_per_class.png"
-        save_samples(grid, path, columns=classes)
-        print(f"wrote {path}: {args.rows} samples of each class, one class per column (0..{classes - 1})")
-        judged_labels = torch.arange(args.judge) % classes
-        judged = conditional_samples(model, judged_labels, args.temperature)
-
     classifier = train_classifier(train, classes, args.epochs, args.seed)
     real = accuracy(classifier, dequantize(held_out.x, held_out.n_bins), held_out.labels())
-    finite = torch.isfinite(judged.flatten(1)).all(1)  # a sample with non-finite pixels counts as not recognised
-    recognised = accuracy(classifier, judged[finite], judged_labels[finite]) * float(finite.float().mean()) \
-        if finite.any() else 0.0
     print(f"classifier accuracy on the {len(held_out)} held-out real images: {real:.3f}")
-    print(f"conditional samples recognised as their class: {recognised:.3f} (of {args.judge}; "
-          f"{args.judge - int(finite.sum())} with non-finite pixels)")
-    results = {"held_out": result, "classifier_accuracy_real": real, "samples_recognised": recognised,
-               "samples_judged": args.judge, "samples_not_finite": args.judge - int(finite.sum()),
-               "classifier_epochs": args.epochs, "solver_steps": args.solver_steps,
+    judged_labels = torch.arange(args.judge) % classes
+    judgements = []
+    for weight in args.guidance:  # the same latents at every weight
+        with cnf_settings(model, steps=args.solver_steps):
+            torch.manual_seed(args.seed)
+            grid = conditional_samples(model, torch.arange(args.rows * classes) % classes, args.temperature, weight)
+            path = out / ("samples_per_class.png" if weight == args.guidance[0] else
+                          f"samples_per_class-guidance{weight:g}.png")
+            save_samples(grid, path, columns=classes)
+            print(f"wrote {path}: {args.rows} samples of each class, one class per column (0..{classes - 1})")
+            judged = conditional_samples(model, judged_labels, args.temperature, weight)
+        fraction, not_finite = recognised(classifier, judged, judged_labels)
+        print(f"guidance {weight:g}: conditional samples recognised as their class: {fraction:.3f} "
+              f"(of {args.judge}; {not_finite} with non-finite pixels)")
+        judgements.append({"guidance": weight, "recognised": fraction, "not_finite": not_finite})
+    results = {"held_out": result, "classifier_accuracy_real": real, "samples_judged": args.judge,
+               "judgements": judgements, "classifier_epochs": args.epochs, "solver_steps": args.solver_steps,
                "temperature": args.temperature}
     (out / "results.json").write_text(json.dumps(results, indent=2))
 

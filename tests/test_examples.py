@@ -162,7 +162,8 @@ def test_conditional_digits(tmp_path: Path) -> None:
     out = run_example("conditional_digits.py", "--quick", "--out", str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     assert np.isfinite(results["held_out"]["bpd"]) and results["held_out"]["conditional"] is True
-    assert results["samples_judged"] > 0 and 0 <= results["samples_recognised"] <= 1
+    assert results["samples_judged"] > 0 and len(results["judgements"]) == 1
+    assert results["judgements"][0]["guidance"] == 0 and 0 <= results["judgements"][0]["recognised"] <= 1
     assert (tmp_path / "samples_per_class.png").stat().st_size > 0
     assert "one class per column (0..9)" in out
 
@@ -181,4 +182,4 @@ def test_conditional_digits_judges_a_conditional_glow_from_flowplug_train(tmp_pa
     run_example("conditional_digits.py", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--no-score",
                 "--judge", "20", "--epochs", "1", "--out", str(tmp_path / "unscored"))
     unscored = json.loads((tmp_path / "unscored" / "results.json").read_text())
-    assert unscored["held_out"] is None and unscored["samples_recognised"] == results["samples_recognised"]
+    assert unscored["held_out"] is None and unscored["judgements"] == results["judgements"]

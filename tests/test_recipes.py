@@ -61,6 +61,16 @@ def test_small_images_take_the_recipes_small_image_settings():
     assert large.train["batch_size"] == 16 and len(large.train["phases"]) == 2
 
 
+def test_class_conditional_models_take_the_recipes_conditional_settings():
+    data = images((1, 28, 28), n=8)
+    assert "label_dropout" not in plan("mrcnf", data).model  # unconditional: unchanged
+    fitted = plan("mrcnf", data, model={"num_classes": 10})
+    assert fitted.model["label_dropout"] == 0.1 and "guided" in fitted.decisions[-1]["why"]
+    assert fitted.build()[0].can_guide
+    assert plan("mrcnf", data, model={"num_classes": 10, "label_dropout": 0.0}).model["label_dropout"] == 0.0
+    assert "label_dropout" not in plan("glow", data, model={"num_classes": 10}).model  # Glow has no guidance
+
+
 def test_given_settings_are_never_decided_and_a_given_budget_replaces_the_recipes():
     data = images((3, 32, 32), n=8)
     fitted = plan("mrcnf", data, model={"levels": 2, "bin_warp": None}, train={"minutes": 3, "lr": 1e-3})

@@ -8,10 +8,11 @@ benchmarks compare them; in Python::
     flowplug.Trainer(model, config).fit(*data.split(0.1))
 
 A recipe file holds ``description``, ``model`` (a registry spec without ``image_shape``), ``train``
-(:class:`~flowplug.train.TrainConfig` options, with a default step budget) and ``adapt`` (the rules it takes and
-their parameters). Overrides: ``model`` keys replace the spec's (and skip the rule that would decide them);
-``train`` keys replace the options (a budget given — ``steps``, ``epochs`` or ``minutes`` — replaces the recipe's
-budget whole).
+(:class:`~flowplug.train.TrainConfig` options, with a default step budget), ``adapt`` (the rules it takes and
+their parameters) and optionally ``conditional`` (``model`` settings that the recipe's class-conditional models —
+given ``num_classes`` — take, and ``why``; recorded as decisions). Overrides: ``model`` keys replace the spec's
+(and skip the rule or conditional setting that would decide them); ``train`` keys replace the options (a budget
+given — ``steps``, ``epochs`` or ``minutes`` — replaces the recipe's budget whole).
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ def plan(name: str, data: ImageData, *, model: Mapping[str, Any] | None = None,
             decisions.append({"part": decision.part, "key": decision.key, "value": decision.value,
                               "why": decision.why})
     spec.update(model)
+    if spec.get("num_classes") is not None:  # the recipe's settings for a class-conditional model
+        conditional = stored.get("conditional", {})
+        for key, value in conditional.get("model", {}).items():
+            if key not in model:
+                spec[key] = value
+                decisions.append({"part": "model", "key": key, "value": value, "why": conditional["why"]})
     return RecipePlan(name, spec, override_options(options, train), decisions, {"model": model, "train": train})
 
 
