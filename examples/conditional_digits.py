@@ -12,7 +12,7 @@ draws class ``k``. This script
 2. reports its held-out conditional bits per dimension (unless ``--no-score``);
 3. trains a small convolutional classifier on the real training images and states its accuracy on the held-out
    images;
-4. at every classifier-free guidance weight ``--guidance`` (default 0, the model itself, and 2 for a model trained
+4. at every classifier-free guidance weight ``--guidance`` (default 0, the model itself, and 4 for a model trained
    with label dropout), saves a grid of ``--rows`` samples of every class, one class per column
    (``samples_per_class.png`` for the first weight), and reports how often the classifier recognises ``--judge``
    conditional samples as the class they were drawn for.
@@ -47,7 +47,7 @@ from flowplug.train.feedback import save_samples
 from flowplug.train.splits import evaluation_split, training_split
 
 
-GUIDED = 2.0
+GUIDED = 4.0
 """The guidance weight judged beside the model itself by default."""
 
 
