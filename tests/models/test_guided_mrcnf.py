@@ -8,6 +8,7 @@ import torch
 
 import flowplug
 from flowplug import MRCNF
+from flowplug.condition import ConditionEncoder
 from flowplug.testing import perturb_parameters
 
 STEPS = {"method": "rk4", "step_size": 0.25}
@@ -113,6 +114,10 @@ def test_wrong_dropout_and_guidance_are_named():
     for bad in (1.0, -0.1, True, "0.1"):
         with pytest.raises(ValueError, match=r"label_dropout must be a probability in \[0, 1\)"):
             MRCNF((1, 4, 4), levels=2, num_classes=3, label_dropout=bad)
+    with pytest.raises(ValueError, match="a null class is a label; it needs num_classes"):
+        ConditionEncoder(condition_dim=2, null_class=True)
+    with pytest.raises(ValueError, match="no null class"):
+        ConditionEncoder(num_classes=3).null_labels(torch.zeros(2, dtype=torch.int64))
     with pytest.raises(ValueError, match="trained with label_dropout > 0"):
         _model().sample(2, y=0, guidance=1.0)
     with pytest.raises(ValueError, match="guidance weight must be a finite number"):
