@@ -46,7 +46,6 @@ from flowplug.train.evaluation import cnf_settings
 from flowplug.train.feedback import save_samples
 from flowplug.train.splits import evaluation_split, training_split
 
-
 GUIDED = 4.0
 """The guidance weight judged beside the model itself by default."""
 
@@ -170,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the model is not class-conditional: train it with `flowplug train --conditional`")
     classes = model.num_classes
     args.guidance = args.guidance or ([0.0, GUIDED] if model.can_guide else [0.0])
+    if any(args.guidance) and not model.can_guide:
+        raise SystemExit("--guidance needs a model trained with label_dropout (flowplug train --conditional with the "
+                         "mrcnf recipe); judge this one with --guidance 0")
 
     result = None
     if not args.no_score:  # with the model's own evaluation solver: fixed grids bias the BPD

@@ -185,3 +185,6 @@ def test_conditional_digits_judges_a_conditional_glow_from_flowplug_train(tmp_pa
                 "--judge", "20", "--epochs", "1", "--out", str(tmp_path / "unscored"))
     unscored = json.loads((tmp_path / "unscored" / "results.json").read_text())
     assert unscored["held_out"] is None and unscored["judgements"] == results["judgements"]
+    refused = run_example("conditional_digits.py", "--checkpoint", str(run / "checkpoints" / "best.pt"),
+                          "--guidance", "0", "2", "--out", str(tmp_path / "guided"), status=1)
+    assert "--guidance needs a model trained with label_dropout" in refused
