@@ -331,9 +331,8 @@ def _sample(args: argparse.Namespace) -> int:
     if args.label is not None and classes is None:
         raise ValueError("--label needs a class-conditional model; this checkpoint's model is not one")
     if args.guidance and not trainer.model.can_guide:
-        raise ValueError("--guidance needs a class-conditional MRCNF trained with label_dropout (flowplug train "
-                         "--conditional --model-options '{\"label_dropout\": 0.1}'); this checkpoint's model is "
-                         "not one")
+        raise ValueError("--guidance needs a class-conditional MRCNF trained with label_dropout (`flowplug train "
+                         "--conditional` of the mrcnf recipe trains one); this checkpoint's model is not one")
     torch.manual_seed(args.seed)
     with _solver(args, trainer):
         v = trainer.sample(args.num, args.temperature, y=args.label, guidance=args.guidance)
