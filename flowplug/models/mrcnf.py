@@ -557,19 +557,18 @@ class MRCNF(FlowModel):
         coarsest = self.levels[-1]
         dtype = coarsest.base._anchor.dtype  # the model's dtype (the base holds no parameter)
         x, log_q = coarsest.sample(num_samples, context=coarsest.context_for(None, y, dtype),
-                                   temperature=temperature, guidance=self._guidance(coarsest, None, y, guidance))
+                                   temperature=temperature, guidance=self._guidance(coarsest, None, y, guidance, dtype))
         return self._refine(x, log_q, self.num_levels - 1, temperature, y, guidance)
 
     def _guidance(self, level: ResolutionLevel, coarse: torch.Tensor | None, y: torch.Tensor | None,
-                  weight: float) -> Guidance | None:
+                  weight: float, dtype: torch.dtype) -> Guidance | None:
         """The guidance of ``level`` given ``coarse`` (``None`` at the coarsest level): ``None`` for ``weight``
-        0, else ``weight`` against the context of the null label."""
+        0, else ``weight`` against the context (of ``dtype``) of the null label."""
         if weight == 0:
             return None
         if not self.can_guide:
             raise ValueError("guidance needs a class-conditional MRCNF trained with label_dropout > 0 (its null "
                              "label is the unconditional field that guidance contrasts with)")
-        dtype = level.base._anchor.dtype if coarse is None else coarse.dtype
         return Guidance(weight, level.context_for(coarse, level.condition.null_labels(y), dtype))  # type: ignore
 
     def _refine(
@@ -580,8 +579,9 @@ class MRCNF(FlowModel):
         condition ``y``, with ``guidance``)."""
         for s in range(from_level - 1, -1, -1):
             level = self.levels[s]
+            guide = self._guidance(level, x, y, guidance, x.dtype)
             details, log_q_s = level.sample(x.shape[0], context=level.context_for(x, y, x.dtype),
-                                            temperature=temperature, guidance=self._guidance(level, x, y, guidance))
+                                            temperature=temperature, guidance=guide)
             x = haar_reconstruct(x, details)
             log_q = log_q + log_q_s
         v, log_det = self._warp_out(x)

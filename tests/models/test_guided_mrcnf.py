@@ -95,7 +95,7 @@ def test_guided_log_q_is_the_guided_samplers_density():
     model = _model({"method": "dopri5", "atol": 1e-11, "rtol": 1e-11}, label_dropout=0.1, divergence="exact")
     level = model.levels[-1]  # the coarsest level: context is the label's features alone
     y = torch.tensor([0, 2])
-    guide = model._guidance(level, None, y, 1.5)
+    guide = model._guidance(level, None, y, 1.5, torch.float64)
     with torch.no_grad():
         torch.manual_seed(7)
         x, log_q = level.sample(2, context=level.context_for(None, y, torch.float64), guidance=guide)
