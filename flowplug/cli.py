@@ -498,7 +498,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "level) instead of the checkpoint's adaptive solver: faster, within the error "
                                  "docs/benchmarks.md measures")
         solver.add_argument("--tolerance", type=float, metavar="TOL",
-                            help="the adaptive solver's atol = rtol (default: the checkpoint's, 1e-5 for mrcnf)")
+                            help="the adaptive solver's atol = rtol (default: the checkpoint's; 3e-3 for the mrcnf "
+                                 "recipe)")
         if name == "sample":
             command.add_argument("--num", type=int, default=64)
             command.add_argument("--temperature", type=float, default=1.0)

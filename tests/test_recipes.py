@@ -61,6 +61,21 @@ def test_small_images_take_the_recipes_small_image_settings():
     assert large.train["batch_size"] == 16 and len(large.train["phases"]) == 2
 
 
+def test_short_time_budgets_take_the_recipes_short_budget_settings():
+    data = images((1, 28, 28), n=16)
+    below = load_recipe("mrcnf")["adapt"]["short_budgets"]["below_minutes"]
+    short = plan("mrcnf", data, train={"minutes": below / 2, "clock": "process"})
+    assert [p["objective"] for p in short.train["phases"]] == ["flow_matching"]
+    assert f"under {below:g}" in next(d["why"] for d in short.decisions if d["key"] == "phases")
+    for budget in ({"minutes": below}, {}, {"steps": 10}, {"minutes": below / 2, "steps": 10},
+                   {"minutes": below / 2, "epochs": 1}):
+        fitted = plan("mrcnf", data, train=budget)
+        assert len(fitted.train["phases"]) == 2 and "phases" not in decided(fitted), budget
+    given = [{"objective": "likelihood"}]
+    assert plan("mrcnf", data, train={"minutes": below / 2, "phases": given}).train["phases"] == given
+    assert "phases" not in plan("glow", data, train={"minutes": below / 2}).train  # one objective: no plan
+
+
 def test_class_conditional_models_take_the_recipes_conditional_settings():
     data = images((1, 28, 28), n=8)
     assert "label_dropout" not in plan("mrcnf", data).model  # unconditional: unchanged

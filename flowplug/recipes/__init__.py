@@ -82,10 +82,10 @@ def plan(name: str, data: ImageData, *, model: Mapping[str, Any] | None = None,
     model, train = dict(model or {}), dict(train or {})
     spec = {**stored["model"], "image_shape": list(data.image_shape)}
     options = dict(stored["train"])
-    summary = DataSummary.of(data)
+    summary, run_options = DataSummary.of(data), override_options(options, train)
     decisions = []
     for rule, parameters in stored.get("adapt", {}).items():
-        for decision in RULES[rule](summary, **parameters):
+        for decision in RULES[rule](summary, run_options, **parameters):
             given = model if decision.part == "model" else train
             if decision.key in given:
                 continue

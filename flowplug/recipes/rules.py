@@ -1,7 +1,9 @@
 """The rules that fit a recipe to a data set: each reads a summary of the data and decides one setting.
 
-A recipe's ``"adapt"`` entry names the rules it takes, with their parameters. Every decision is recorded (value
-and reason) in the run's ``config.json``, and a setting the user gives is never decided: the rule is skipped.
+A recipe's ``"adapt"`` entry names the rules it takes, with their parameters. A rule reads the data's summary and
+the trainer options the run will have (the recipe's, with the user's over them: the budget among them). Every
+decision is recorded (value and reason) in the run's ``config.json``, and a setting the user gives is never
+decided: the rule is skipped.
 
 - ``levels``: the number of resolution levels. ``family="mrcnf"``: as many as keep the coarsest image at least
   8 pixels a side (at most ``max``): 3 for 32×32, 2 for 28×28 (measured on MNIST at 10 CPU-minutes, three levels
@@ -19,11 +21,18 @@ and reason) in the run's ``config.json``, and a setting the user gives is never 
   for MRCNF the default job's measured settings (batch 128, rate 2e-3, flow matching alone: a likelihood step
   at batch 128 costs more than ten flow-matching steps there). The settings of the 8-bit recipes were measured on
   28×28 and 32×32 images of 2,000 to 10,000 images.
+- ``short_budgets``: a time budget under ``below_minutes`` (and no step or epoch budget) takes these training
+  settings instead; for MRCNF flow matching alone. A likelihood step cost 27 to 48 flow-matching steps there, so
+  the last 35 % of a 2.5-minute budget bought 11 to 15 of them, and the steps it gave up were worth more: flow
+  matching alone was 0.019 (MNIST), 0.005 (Fashion-MNIST) and 0.037 (CIFAR-10) bits/dim better at 2.5
+  CPU-minutes. At 5 minutes the phase gained 0.031 on MNIST and lost 0.026 on CIFAR-10 and 0.005 on
+  Fashion-MNIST, so budgets from 5 minutes on keep it. Minutes of a 2-core AMD EPYC, one thread each: a faster
+  machine buys more steps per minute.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +76,7 @@ class Decision:
     why: str
 
 
-def _levels(data: DataSummary, family: str = "mrcnf", max: int = 3) -> list[Decision]:
+def _levels(data: DataSummary, train: Mapping[str, Any], family: str = "mrcnf", max: int = 3) -> list[Decision]:
     side = min(data.image_shape[1:])
     small = side < SMALL_IMAGE
     coarsest = 2 if small else (8 if family == "mrcnf" else 4)
@@ -83,25 +92,37 @@ def _levels(data: DataSummary, family: str = "mrcnf", max: int = 3) -> list[Deci
     return [Decision("model", "levels", best, why + (" (images under 16 pixels a side)" if small else ""))]
 
 
-def _detail_stretch(data: DataSummary) -> list[Decision]:
+def _detail_stretch(data: DataSummary, train: Mapping[str, Any]) -> list[Decision]:
     if data.n_bins < 256 or data.edge_share < FLAT_BACKGROUND_SHARE:
         return []
     return [Decision("model", "detail_stretch", 1 / data.n_bins,
                      f"flat backgrounds: {data.edge_share:.0%} of the pixels in the lowest or highest bin")]
 
 
-def _bin_warp(data: DataSummary, power: float) -> list[Decision]:
+def _bin_warp(data: DataSummary, train: Mapping[str, Any], power: float) -> list[Decision]:
     if data.n_bins < 256:
         return []
     return [Decision("model", "bin_warp", {"power": power, "n_bins": data.n_bins},
                      f"{data.n_bins}-level data: warp the edge bins' dequantisation noise")]
 
 
-def _small_images(data: DataSummary, **train: Any) -> list[Decision]:
+def _train_settings(settings: Mapping[str, Any], why: str) -> list[Decision]:
+    return [Decision("train", key, value, why) for key, value in settings.items()]
+
+
+def _small_images(data: DataSummary, train: Mapping[str, Any], **settings: Any) -> list[Decision]:
     if min(data.image_shape[1:]) >= SMALL_IMAGE:
         return []
-    why = f"images of {data.image_shape[1]}x{data.image_shape[2]}, under {SMALL_IMAGE} pixels a side"
-    return [Decision("train", key, value, why) for key, value in train.items()]
+    return _train_settings(settings, f"images of {data.image_shape[1]}x{data.image_shape[2]}, under {SMALL_IMAGE} "
+                                     "pixels a side")
+
+
+def _short_budgets(data: DataSummary, train: Mapping[str, Any], below_minutes: float,
+                   **settings: Any) -> list[Decision]:
+    if train.get("minutes") is None or train["minutes"] >= below_minutes or any(
+            train.get(budget) is not None for budget in ("steps", "epochs")):
+        return []
+    return _train_settings(settings, f"a budget of {train['minutes']:g} minutes, under {below_minutes:g}")
 
 
 RULES: dict[str, Callable[..., list[Decision]]] = {
@@ -109,5 +130,7 @@ RULES: dict[str, Callable[..., list[Decision]]] = {
     "detail_stretch": _detail_stretch,
     "bin_warp": _bin_warp,
     "small_images": _small_images,
+    "short_budgets": _short_budgets,
 }
-"""Rule name → ``rule(summary, **parameters)`` returning its decisions."""
+"""Rule name → ``rule(summary, train, **parameters)`` returning its decisions (``train``: the run's trainer
+options before the rules)."""
