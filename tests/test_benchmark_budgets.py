@@ -62,8 +62,8 @@ def test_table_marks_the_best_model_and_gives_sampling_time_as_a_multiple_of_glo
 
 @pytest.mark.slow
 def test_a_table_trains_each_run_once_and_resumes(tmp_path: Path) -> None:
-    data = tmp_path / "tiny.npz"
-    np.savez(data, x=np.random.default_rng(0).integers(0, 256, size=(60, 1, 8, 8), dtype=np.uint8))
+    data = tmp_path / "tiny.npz"  # 144 training images: the small-image recipes take batches of 128
+    np.savez(data, x=np.random.default_rng(0).integers(0, 256, size=(160, 1, 8, 8), dtype=np.uint8))
     command = [sys.executable, str(ROOT / "benchmarks" / "budgets.py"), "--data", str(data), "--recipes", "mrcnf",
                "glow", "--minutes", "0.01", "--sample-images", "2", "--parallel", "1", "--out", str(tmp_path / "t")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -77,9 +77,13 @@ def test_a_table_trains_each_run_once_and_resumes(tmp_path: Path) -> None:
         assert row["bpd"] == report["held_out"]["bpd"] and np.isfinite(row["bpd"])
         assert row["sample_s_per_image"] > 0
     assert result["runs"][0]["nfe"] > 0 and result["runs"][1]["nfe"] is None
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"runs": [{**_row("glow", 10, 1.5, None), "data": str(data)}]}))
+    again = subprocess.run([*command, "--add", str(earlier)], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "tiny-mrcnf-m0.01-s0: done before" in again.stdout and "tiny-glow-m0.01-s0: done before" in again.stdout
+    rows = json.loads((tmp_path / "t" / "results.json").read_text())["runs"]
+    assert [(r["recipe"], r["minutes"]) for r in rows] == [("mrcnf", 0.01), ("glow", 0.01), ("glow", 10)]
 
 
 def test_runs_added_from_an_earlier_table_may_lack_a_sampling_time() -> None:
