@@ -52,8 +52,8 @@ def run_name(data: str, recipe: str, minutes: float, seed: int) -> str:
 
 
 def train_command(data: str, recipe: str, minutes: float, seed: int, threads: int, folder: Path) -> list[str]:
-    """The ``flowplug train`` command of one run, as a user would type it."""
-    return [sys.executable, "-m", "flowplug", "train", "--recipe", recipe, "--data", data, "--minutes", f"{minutes:g}",
+    """The ``flowplug train`` command of one run, as a user would type it (run as ``python -m flowplug ...``)."""
+    return ["flowplug", "train", "--recipe", recipe, "--data", data, "--minutes", f"{minutes:g}",
             "--seed", str(seed), "--clock", "process", "--threads", str(threads), "--no-progress",
             "--out", str(folder)]
 
@@ -75,7 +75,7 @@ def _train(run: dict[str, Any]) -> str:
         return f"{folder.name}: done before"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(folder.name + ".log"), "w") as log:
-        code = subprocess.call(run["command"], stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call([sys.executable, "-m", *run["command"]], stdout=log, stderr=subprocess.STDOUT)
     return f"{folder.name}: " + ("trained" if code == 0 else f"failed with exit code {code}, see its .log")
 
 
@@ -97,7 +97,7 @@ def gather(runs: list[dict[str, Any]], sample_images: int) -> list[dict[str, Any
     for run in runs:
         folder = RunFolder(run["folder"])
         row = {key: run[key] for key in ("data", "recipe", "minutes", "seed")}
-        row["command"] = " ".join(run["command"][1:]).replace("-m flowplug", "flowplug", 1)
+        row["command"] = " ".join(run["command"])
         if not folder.report_json.exists():
             rows.append({**row, "missing": True})
             continue

@@ -32,9 +32,9 @@ def test_planned_runs_are_the_train_command_with_budget_seed_and_one_thread(tmp_
     assert [r["minutes"] for r in runs[:8]] == [2.5] * 8  # short budgets first
     first = runs[0]
     assert first["folder"] == tmp_path / "runs" / "a-mrcnf-m2.5-s0"
-    assert first["command"][1:] == ["-m", "flowplug", "train", "--recipe", "mrcnf", "--data", "a.npz",
-                                    "--minutes", "2.5", "--seed", "0", "--clock", "process", "--threads", "1",
-                                    "--no-progress", "--out", str(first["folder"])]
+    assert first["command"] == ["flowplug", "train", "--recipe", "mrcnf", "--data", "a.npz", "--minutes", "2.5",
+                                "--seed", "0", "--clock", "process", "--threads", "1", "--no-progress",
+                                "--out", str(first["folder"])]
 
 
 @pytest.mark.parametrize("flag", ["--threads", "--parallel", "--sample-images"])
