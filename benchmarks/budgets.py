@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -44,6 +42,9 @@ from flowplug.threads import set_threads
 from flowplug.train import load_checkpoint
 from flowplug.train.checkpoint import build_model
 from flowplug.train.run_folder import RunFolder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare.py lies beside this script
+from compare import hardware
 
 
 def run_name(data: str, recipe: str, minutes: float, seed: int) -> str:
@@ -224,8 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += json.loads(path.read_text())["runs"]
     rows.sort(key=lambda row: (row["minutes"], row["seed"]))  # stable: data sets and recipes keep their order
     result = {"settings": vars(args),
-              "hardware": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                           "torch": torch.__version__, "python": platform.python_version()},
+              "hardware": hardware(args.threads, args.parallel),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")  # paths as text

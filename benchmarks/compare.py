@@ -85,8 +85,9 @@ def build_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     } for name in args.recipes]
 
 
-def hardware(args: argparse.Namespace) -> dict[str, Any]:
-    """CPU model, cores, threads, load, GPU and library versions of this run."""
+def hardware(threads: int, parallel: int, device: str = "cpu") -> dict[str, Any]:
+    """CPU model, cores, threads, GPU and library versions of a run of ``parallel`` models at once on ``device``,
+    ``threads`` torch threads each."""
     import normflows
     import torchdiffeq
 
@@ -99,14 +100,14 @@ def hardware(args: argparse.Namespace) -> dict[str, Any]:
     except OSError:
         pass
     info = {
-        "cpu": cpu, "logical_cores": os.cpu_count(), "threads_per_model": args.threads,
-        "models_in_parallel": args.parallel, "platform": platform.platform(),
+        "cpu": cpu, "logical_cores": os.cpu_count(), "threads_per_model": threads,
+        "models_in_parallel": parallel, "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__,
         "normflows": normflows.__version__, "torchdiffeq": torchdiffeq.__version__,
-        "device": args.device,
+        "device": device,
     }
-    if args.device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 
@@ -364,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     jobs = build_jobs(args)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     meta: dict[str, Any] = {
-        "settings": settings, "hardware": hardware(args), "models": [j["name"] for j in jobs],
+        "settings": settings, "hardware": hardware(args.threads, args.parallel, args.device),
+        "models": [j["name"] for j in jobs],
         "jobs": jobs, "load_average_start": os.getloadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
