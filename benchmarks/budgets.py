@@ -17,7 +17,8 @@ process, one thread, each run's EMA weights draw ``--sample-images`` images at t
 solver, timed on the process clock: the sampling cost per image and its ratio to Glow's of the same data, budget
 and seed. Outputs: ``OUT/results.json`` (every figure and the commands), ``OUT/results.md`` (one table per data
 set) and ``OUT/bpd_vs_budget.png`` (needs matplotlib). ``--report-only`` rebuilds them from the run folders;
-``--add FILE`` adds the figures of runs whose folders are gone.
+``--add FILE`` adds the figures of runs whose folders are gone
+(they fill the cells of planned runs without a report). The recipes' columns follow ``--recipes``.
 """
 
 from __future__ import annotations
@@ -109,6 +110,27 @@ def gather(runs: list[dict[str, Any]], sample_images: int) -> list[dict[str, Any
                      "budget_time_s": report["budget_time_s"],
                      "sample_s_per_image": sampling_seconds_per_image(folder.root, sample_images)})
     return rows
+
+
+def _cell(row: dict[str, Any]) -> tuple[str, str, float, int]:
+    return row["data"], row["recipe"], row["minutes"], row["seed"]
+
+
+def merge(planned: list[dict[str, Any]], added: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The planned runs' rows and the added ones; an added row takes the place of a planned run that is missing
+    from the run folders (a run of the same data, recipe, budget and seed), and a finished run's row is kept
+    over an added one."""
+    finished = {_cell(row) for row in planned if "bpd" in row}
+    added = [row for row in added if _cell(row) not in finished]
+    filled = {_cell(row) for row in added}
+    return [row for row in planned if _cell(row) not in filled] + added
+
+
+def in_table_order(rows: list[dict[str, Any]], recipes: list[str]) -> list[dict[str, Any]]:
+    """Rows by budget and seed, then recipe: those of ``recipes`` in its order, then the others as they come
+    (data sets keep their order)."""
+    order = list(dict.fromkeys([*recipes, *(row["recipe"] for row in rows)]))
+    return sorted(rows, key=lambda row: (row["minutes"], row["seed"], order.index(row["recipe"])))
 
 
 def _glow_time(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None:
@@ -220,10 +242,9 @@ def main(argv: list[str] | None = None) -> None:
             for message in pool.map(_train, runs):
                 print(message, flush=True)
     set_threads(1)
-    rows = gather(runs, args.sample_images)
-    for path in args.add:
-        rows += json.loads(path.read_text())["runs"]
-    rows.sort(key=lambda row: (row["minutes"], row["seed"]))  # stable: data sets and recipes keep their order
+    rows = merge(gather(runs, args.sample_images), [row for path in args.add
+                                                     for row in json.loads(path.read_text())["runs"]])
+    rows = in_table_order(rows, args.recipes)
     result = {"settings": vars(args),
               "hardware": hardware(args.threads, args.parallel),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": rows}

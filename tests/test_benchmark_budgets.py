@@ -89,3 +89,19 @@ def test_a_table_trains_each_run_once_and_resumes(tmp_path: Path) -> None:
 def test_runs_added_from_an_earlier_table_may_lack_a_sampling_time() -> None:
     rows = [_row("mrcnf", 10, 1.55, None, nfe=58), _row("glow", 10, 1.50, None)]
     assert budgets.markdown(rows).splitlines()[4] == "| 10 | 0 | 1.5500 | **1.5000** | 100 / 100 | 58 | — / — |"
+
+
+def test_added_runs_fill_missing_cells_and_never_replace_a_finished_run() -> None:
+    missing = {"data": "d/mnist.npz", "recipe": "mrcnf", "minutes": 10, "seed": 0, "missing": True}
+    planned = [_row("realnvp", 10, 1.60, 0.01), missing, _row("glow", 10, 1.52, 0.005)]
+    added = [_row("mrcnf", 10, 1.55, 0.3), _row("glow", 10, 1.50, 0.004), _row("glow", 30, 1.40, 0.004)]
+    rows = budgets.merge(planned, added)
+    assert sorted((r["recipe"], r["minutes"], r.get("bpd")) for r in rows) == [
+        ("glow", 10, 1.52), ("glow", 30, 1.40), ("mrcnf", 10, 1.55), ("realnvp", 10, 1.60)]
+
+
+def test_table_columns_follow_the_recipes_given_then_the_added_ones() -> None:
+    rows = budgets.in_table_order([_row("realnvp", 10, 1.6, None), _row("single", 2.5, 1.9, None),
+                                   _row("glow", 10, 1.5, None), _row("mrcnf", 10, 1.55, None)], ["mrcnf", "glow"])
+    assert [(r["recipe"], r["minutes"]) for r in rows] == [
+        ("single", 2.5), ("mrcnf", 10), ("glow", 10), ("realnvp", 10)]

@@ -150,6 +150,11 @@ SCALE_MAPS = ("sigmoid", "exp", "sigmoid_inv")
 """The coupling scale maps of normflows' ``AffineCoupling`` (it takes any other string and fails only when run)."""
 
 
+def _check_scale_map(scale_map: str) -> None:
+    if scale_map not in SCALE_MAPS:
+        raise ValueError(f"scale_map must be one of {SCALE_MAPS}, got {scale_map!r}")
+
+
 @register("glow", kind="model")
 class Glow(_MultiscaleModel):
     """Glow (Kingma & Dhariwal 2018): per level ``depth`` GlowBlocks (affine coupling, 1x1 conv,
@@ -173,8 +178,7 @@ class Glow(_MultiscaleModel):
         num_classes: int | None = None,
     ) -> None:
         config = constructor_spec("glow", Glow.__init__, locals())
-        if scale_map not in SCALE_MAPS:
-            raise ValueError(f"scale_map must be one of {SCALE_MAPS}, got {scale_map!r}")
+        _check_scale_map(scale_map)
 
         def level_flows(channels: int) -> list[nn.Module]:
             with torch_lu_deprecation_silenced():
@@ -195,10 +199,10 @@ class RealNVP(_MultiscaleModel):
     convolutions.
 
     In the density direction each level applies ``depth`` checkerboard couplings (alternating
-    masks) before
-    its squeeze and ``depth`` channel couplings (alternating halves) after it; coupling networks
-    have
-    ``hidden_channels`` channels and exponential scales.
+    masks) before its squeeze and ``depth`` channel couplings (alternating halves) after it; coupling
+    networks have ``hidden_channels`` channels. ``scale_map`` is the couplings' scale nonlinearity:
+    ``"exp"`` (unbounded, as in RealNVP) or Glow's bounded ``"sigmoid"``, which keeps training stable at
+    higher learning rates and on images with flat backgrounds (the ``realnvp`` recipe's choice).
     """
 
     def __init__(
@@ -210,12 +214,16 @@ class RealNVP(_MultiscaleModel):
         alpha: float = 0.05,
         bin_warp: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
+        scale_map: str = "exp",
     ) -> None:
         config = constructor_spec("realnvp", RealNVP.__init__, locals())
+        _check_scale_map(scale_map)
+        if scale_map == "exp":  # configs with the default scales stay as older versions wrote them
+            config.pop("scale_map")
 
         def couplings(channels: int, modes: tuple[str, str]) -> list[nn.Module]:
             return [
-                affine_coupling_block(channels, hidden_channels, split_mode=modes[k % 2])
+                affine_coupling_block(channels, hidden_channels, split_mode=modes[k % 2], scale_map=scale_map)
                 for k in range(depth)
             ]
 

@@ -29,9 +29,11 @@ def _model(cls, seed=0, **overrides):
     return model
 
 
-@pytest.fixture(params=[Glow, RealNVP], ids=["glow", "realnvp"])
+@pytest.fixture(params=[(Glow, {}), (RealNVP, {}), (RealNVP, {"scale_map": "sigmoid"})],
+                ids=["glow", "realnvp", "realnvp-sigmoid-scales"])
 def model(request):
-    return _model(request.param)
+    cls, options = request.param
+    return _model(cls, **options)
 
 
 def test_round_trip_and_log_det_are_exact(model):
@@ -133,9 +135,10 @@ def test_bad_construction_arguments(cls, kwargs, error, match):
         cls(**{**TINY, **kwargs})
 
 
-def test_glow_refuses_a_scale_map_normflows_would_only_fail_on_when_run():
+@pytest.mark.parametrize("cls", [Glow, RealNVP])
+def test_refuses_a_scale_map_normflows_would_only_fail_on_when_run(cls):
     with pytest.raises(ValueError, match=r"scale_map must be one of \('sigmoid', 'exp', 'sigmoid_inv'\), got 'Exp'"):
-        Glow(**TINY, scale_map="Exp")
+        cls(**TINY, scale_map="Exp")
 
 
 @pytest.mark.parametrize("cls", [Glow, RealNVP])
@@ -156,9 +159,20 @@ def test_config_records_every_constructor_argument(cls):
     import inspect
 
     parameters = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    model = cls((1, 8, 8), levels=1, depth=1, hidden_channels=4, bin_warp={"n_bins": 17}, num_classes=2)
+    model = cls((1, 8, 8), levels=1, depth=1, hidden_channels=4, bin_warp={"n_bins": 17}, num_classes=2,
+                scale_map="sigmoid")
     assert list(model.config) == ["type", *parameters]
     assert model.config["image_shape"] == [1, 8, 8] and model.config["depth"] == 1
     assert flowplug.build(model.config).config == model.config
-    # without a warp the key is left out, so configs (and checkpoints) of older versions match
-    assert not {"bin_warp", "num_classes"} & set(cls((1, 8, 8), levels=1, depth=1, hidden_channels=4).config)
+    # without a warp the key is left out, so configs (and checkpoints) of older versions match; likewise
+    # RealNVP's default exponential scales
+    optional = {"bin_warp", "num_classes"} | ({"scale_map"} if cls is flowplug.RealNVP else set())
+    assert not optional & set(cls((1, 8, 8), levels=1, depth=1, hidden_channels=4).config)
+
+
+def test_realnvp_scale_map_reaches_every_coupling():
+    model = RealNVP(**TINY, scale_map="sigmoid")
+    couplings = [m for m in model.modules() if isinstance(m, nf.flows.AffineCoupling)]
+    assert len(couplings) == 2 * TINY["levels"] * TINY["depth"]
+    assert {c.scale_map for c in couplings} == {"sigmoid"}
+    assert {c.scale_map for c in RealNVP(**TINY).modules() if isinstance(c, nf.flows.AffineCoupling)} == {"exp"}
