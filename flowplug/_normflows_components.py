@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import normflows as nf
+import torch
+from torch import nn
 
-__all__ = ["DISTRIBUTIONS", "FLOWS", "SOURCE", "torch_lu_deprecation_silenced"]
+__all__ = ["DISTRIBUTIONS", "FLOWS", "SOURCE", "SoftClampedScales", "torch_lu_deprecation_silenced"]
 
 SOURCE = "normflows"
 """The ``source`` the registry records for these entries."""
@@ -32,6 +34,26 @@ def torch_lu_deprecation_silenced() -> Iterator[None]:
         yield
 
 
+class SoftClampedScales(nn.Module):
+    """A coupling net whose raw scale outputs (the odd channels, which normflows' ``AffineCoupling`` reads as
+    scales) pass through ``clamp * tanh(raw / clamp)``: with the ``"exp"`` scale map each coupling then scales by
+    a factor within ``exp(±clamp)``. Smooth and the identity near 0, so a zero-initialised net still starts the
+    coupling as the identity; the coupling's log-determinant is exact for the clamped scales it applies."""
+
+    def __init__(self, net: nn.Module, clamp: float) -> None:
+        super().__init__()
+        if not clamp > 0:
+            raise ValueError(f"scale_clamp must be positive, got {clamp}")
+        self.net = net
+        self.clamp = float(clamp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        shift, raw_scale = out[:, 0::2], out[:, 1::2]
+        scale = self.clamp * torch.tanh(raw_scale / self.clamp)
+        return torch.stack((shift, scale), dim=2).flatten(1, 2)  # interleaved again: shift, scale, shift, ...
+
+
 def affine_coupling_block(
     channels: int,
     hidden_channels: int,
@@ -41,14 +63,18 @@ def affine_coupling_block(
     scale_map: str = "exp",
     split_mode: str = "channel",
     leaky: float = 0.0,
+    scale_clamp: float | None = None,
 ) -> nf.flows.AffineCouplingBlock:
     """normflows ``AffineCouplingBlock`` on images with a ``ConvNet2d`` (RealNVP's coupling layer).
 
     The net maps the conditioning half of the channels to a shift (and scale) for the other half through two
     hidden layers of ``hidden_channels``; its last layer starts at zero so the block starts as the identity.
+    ``scale_clamp`` bounds the raw scales softly (:class:`SoftClampedScales`).
     """
     if split_mode not in ("channel", "channel_inv", "checkerboard", "checkerboard_inv"):
         raise ValueError(f"unknown split_mode {split_mode!r}")
+    if scale_clamp is not None and not scale:
+        raise ValueError("scale_clamp bounds the scales of a coupling with scale=True")
     if split_mode.startswith("checkerboard"):
         in_channels = out_channels = channels
     else:
@@ -56,12 +82,14 @@ def affine_coupling_block(
         if split_mode == "channel_inv":
             in_channels, out_channels = out_channels, in_channels
     num_params = 2 if scale else 1
-    net = nf.nets.ConvNet2d(
+    net: nn.Module = nf.nets.ConvNet2d(
         [in_channels, hidden_channels, hidden_channels, num_params * out_channels],
         [kernel_size, 1, kernel_size],
         leaky=leaky,
         init_zeros=True,
     )
+    if scale_clamp is not None:
+        net = SoftClampedScales(net, scale_clamp)
     return nf.flows.AffineCouplingBlock(net, scale=scale, scale_map=scale_map, split_mode=split_mode)
 
 

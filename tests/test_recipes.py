@@ -53,12 +53,25 @@ def test_flat_backgrounds_get_the_detail_stretch_and_8_bit_data_the_bin_warp():
     assert not {"detail_stretch", "bin_warp"} & set(decided(plan("mrcnf", coarse)))
 
 
+def test_realnvp_trains_flat_8_bit_backgrounds_at_its_lower_rate():
+    natural, flat = images((1, 28, 28)), images((1, 28, 28), flat=0.6)
+    assert plan("realnvp", natural).train["lr"] == 2e-3 and "lr" not in decided(plan("realnvp", natural))
+    fitted = plan("realnvp", flat)
+    assert fitted.train["lr"] == 1e-3
+    assert next(d["why"] for d in fitted.decisions if d["key"] == "lr").startswith("flat backgrounds: ")
+    assert plan("realnvp", flat, train={"lr": 5e-3}).train["lr"] == 5e-3  # a given rate is never decided
+    coarse = images((1, 28, 28), n_bins=17, flat=0.6)
+    assert plan("realnvp", coarse).train["lr"] == 2e-3
+
+
 def test_small_images_take_the_recipes_small_image_settings():
     fitted = plan("mrcnf", flowplug.load_dataset("digits"))
     assert fitted.train["batch_size"] == 128 and fitted.train["lr"] == 2e-3
     assert [p["objective"] for p in fitted.train["phases"]] == ["flow_matching"]
     large = plan("mrcnf", images((1, 28, 28), n=16))
     assert large.train["batch_size"] == 16 and len(large.train["phases"]) == 2
+    small_realnvp = plan("realnvp", flowplug.load_dataset("digits")).train
+    assert small_realnvp["batch_size"] == 64 and small_realnvp["lr"] == 1e-3
 
 
 def test_short_time_budgets_take_the_recipes_short_budget_settings():

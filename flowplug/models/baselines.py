@@ -201,8 +201,10 @@ class RealNVP(_MultiscaleModel):
     In the density direction each level applies ``depth`` checkerboard couplings (alternating
     masks) before its squeeze and ``depth`` channel couplings (alternating halves) after it; coupling
     networks have ``hidden_channels`` channels. ``scale_map`` is the couplings' scale nonlinearity:
-    ``"exp"`` (unbounded, as in RealNVP) or Glow's bounded ``"sigmoid"``, which keeps training stable at
-    higher learning rates and on images with flat backgrounds (the ``realnvp`` recipe's choice).
+    ``"exp"`` (as in RealNVP) or Glow's ``"sigmoid"``. ``scale_clamp=c`` bounds each exponential scale
+    softly within ``exp(±c)`` (``c * tanh(s / c)`` of the net's raw log-scale ``s``). Unbounded, the scales
+    overflowed within a few hundred steps on MNIST and Fashion-MNIST at learning rates of 1e-3 to 4e-3; the
+    ``realnvp`` recipe takes ``scale_clamp=2``.
     """
 
     def __init__(
@@ -215,15 +217,20 @@ class RealNVP(_MultiscaleModel):
         bin_warp: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
         scale_map: str = "exp",
+        scale_clamp: float | None = None,
     ) -> None:
         config = constructor_spec("realnvp", RealNVP.__init__, locals())
         _check_scale_map(scale_map)
-        if scale_map == "exp":  # configs with the default scales stay as older versions wrote them
+        # configs with the default scales stay as older versions wrote them (checkpoints compare them)
+        if scale_map == "exp":
             config.pop("scale_map")
+        if scale_clamp is None:
+            config.pop("scale_clamp")
 
         def couplings(channels: int, modes: tuple[str, str]) -> list[nn.Module]:
             return [
-                affine_coupling_block(channels, hidden_channels, split_mode=modes[k % 2], scale_map=scale_map)
+                affine_coupling_block(channels, hidden_channels, split_mode=modes[k % 2], scale_map=scale_map,
+                                      scale_clamp=scale_clamp)
                 for k in range(depth)
             ]
 

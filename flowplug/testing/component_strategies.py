@@ -256,7 +256,13 @@ def _glow_block(shape: ImageShape) -> SearchStrategy | None:
 
 
 def _affine_coupling_block(shape: ImageShape) -> SearchStrategy | None:
-    return _coupling(shape)
+    """The shared coupling settings; a coupling with scales may also bound them (``scale_clamp``)."""
+    coupling = _coupling(shape)
+    if coupling is None:
+        return None
+    clamps = st.none() | st.floats(0.5, 3.0)
+    return coupling.flatmap(lambda spec: clamps.map(lambda clamp: {**spec, "scale_clamp": clamp})
+                            if spec["scale"] else st.just(spec))
 
 
 def _squeezing(shape: ImageShape) -> SearchStrategy | None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import flowplug
+from flowplug._normflows_components import SoftClampedScales
 from flowplug.models.baselines import Glow, RealNVP
 
 SHAPE = (2, 4, 4)
@@ -29,8 +30,9 @@ def _model(cls, seed=0, **overrides):
     return model
 
 
-@pytest.fixture(params=[(Glow, {}), (RealNVP, {}), (RealNVP, {"scale_map": "sigmoid"})],
-                ids=["glow", "realnvp", "realnvp-sigmoid-scales"])
+@pytest.fixture(params=[(Glow, {}), (RealNVP, {}), (RealNVP, {"scale_map": "sigmoid"}),
+                        (RealNVP, {"scale_clamp": 0.5})],
+                ids=["glow", "realnvp", "realnvp-sigmoid-scales", "realnvp-clamped-scales"])
 def model(request):
     cls, options = request.param
     return _model(cls, **options)
@@ -159,14 +161,15 @@ def test_config_records_every_constructor_argument(cls):
     import inspect
 
     parameters = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    extra = {"scale_clamp": 2.0} if cls is flowplug.RealNVP else {}
     model = cls((1, 8, 8), levels=1, depth=1, hidden_channels=4, bin_warp={"n_bins": 17}, num_classes=2,
-                scale_map="sigmoid")
+                scale_map="sigmoid", **extra)
     assert list(model.config) == ["type", *parameters]
     assert model.config["image_shape"] == [1, 8, 8] and model.config["depth"] == 1
     assert flowplug.build(model.config).config == model.config
     # without a warp the key is left out, so configs (and checkpoints) of older versions match; likewise
     # RealNVP's default exponential scales
-    optional = {"bin_warp", "num_classes"} | ({"scale_map"} if cls is flowplug.RealNVP else set())
+    optional = {"bin_warp", "num_classes"} | ({"scale_map", "scale_clamp"} if cls is flowplug.RealNVP else set())
     assert not optional & set(cls((1, 8, 8), levels=1, depth=1, hidden_channels=4).config)
 
 
@@ -176,3 +179,29 @@ def test_realnvp_scale_map_reaches_every_coupling():
     assert len(couplings) == 2 * TINY["levels"] * TINY["depth"]
     assert {c.scale_map for c in couplings} == {"sigmoid"}
     assert {c.scale_map for c in RealNVP(**TINY).modules() if isinstance(c, nf.flows.AffineCoupling)} == {"exp"}
+
+
+def test_realnvp_scale_clamp_bounds_every_couplings_scales_softly():
+    clamp = 0.5
+    model = RealNVP(**TINY, scale_clamp=clamp).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 3.0)  # raw log-scales far beyond the clamp
+    couplings = [m for m in model.modules() if isinstance(m, nf.flows.AffineCoupling)]
+    assert len(couplings) == 2 * TINY["levels"] * TINY["depth"]
+    for coupling in couplings:
+        channels = coupling.param_map.net.net[0].in_channels
+        out = coupling.param_map(torch.randn(4, channels, 4, 4, dtype=torch.float64))
+        raw = coupling.param_map.net(torch.randn(4, channels, 4, 4, dtype=torch.float64))
+        assert out[:, 1::2].abs().max() <= clamp < raw[:, 1::2].abs().max()
+    x = torch.randn(1, 2, 2, 2, dtype=torch.float64)
+    shift_scale = torch.tensor([[[[0.3]], [[0.01]], [[-0.2]], [[5.0]]]], dtype=torch.float64).expand(1, 4, 2, 2)
+    clamped = SoftClampedScales(lambda _: shift_scale, clamp)(x)
+    expected = torch.tensor([0.3, clamp * math.tanh(0.01 / clamp), -0.2, clamp * math.tanh(5.0 / clamp)],
+                            dtype=torch.float64).view(1, 4, 1, 1).expand(1, 4, 2, 2)
+    torch.testing.assert_close(clamped, expected, rtol=0, atol=1e-15)
+
+
+def test_realnvp_refuses_a_scale_clamp_that_is_not_positive():
+    with pytest.raises(ValueError, match="scale_clamp must be positive, got 0"):
+        RealNVP(**TINY, scale_clamp=0)
