@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -42,8 +43,8 @@ class SoftClampedScales(nn.Module):
 
     def __init__(self, net: nn.Module, clamp: float) -> None:
         super().__init__()
-        if not clamp > 0:
-            raise ValueError(f"scale_clamp must be positive, got {clamp}")
+        if not (math.isfinite(clamp) and clamp > 0):
+            raise ValueError(f"scale_clamp must be positive and finite, got {clamp}")
         self.net = net
         self.clamp = float(clamp)
 

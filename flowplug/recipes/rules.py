@@ -17,8 +17,8 @@ decided: the rule is skipped.
 - ``flat_backgrounds``: 8-bit images with flat backgrounds (as for ``detail_stretch``) take these training
   settings instead; for RealNVP the rate 1e-3 instead of 2e-3. With unbounded coupling scales RealNVP diverged
   on MNIST at 2e-3 and 4e-3 (batch 16) and trained at 1e-3 (1.740 bits/dim at 10 CPU-minutes); with the
-  recipe's soft bound on the scales it trained at 2e-3 as well, to 1.812 in the same steps. On CIFAR-10, 2e-3
-  was 0.057 bits/dim better than 4e-3.
+  recipe's soft bound on the scales it trained at 2e-3 as well, to 1.812 in about the same steps (1,624 against
+  1,645). On CIFAR-10, 2e-3 was 0.057 bits/dim better than 4e-3.
 - ``bin_warp``: 8-bit data get the edge-bin warp (``power``, ``n_bins`` of the data), which lets black and
   saturated pixels' noise density vanish at the bin edges (MNIST −0.13 bits/dim; neutral on CIFAR-10 and
   Fashion-MNIST). Not for coarser quantisation (on the 17-level digits: +0.27).

@@ -202,6 +202,7 @@ def test_realnvp_scale_clamp_bounds_every_couplings_scales_softly():
     torch.testing.assert_close(clamped, expected, rtol=0, atol=1e-15)
 
 
-def test_realnvp_refuses_a_scale_clamp_that_is_not_positive():
-    with pytest.raises(ValueError, match="scale_clamp must be positive, got 0"):
-        RealNVP(**TINY, scale_clamp=0)
+@pytest.mark.parametrize("clamp", [0, -1.0, math.inf, math.nan])
+def test_realnvp_refuses_a_scale_clamp_that_is_not_positive_and_finite(clamp):
+    with pytest.raises(ValueError, match=f"scale_clamp must be positive and finite, got {clamp}"):
+        RealNVP(**TINY, scale_clamp=clamp)
