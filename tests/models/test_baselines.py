@@ -190,9 +190,8 @@ def test_realnvp_scale_clamp_bounds_every_couplings_scales_softly():
     couplings = [m for m in model.modules() if isinstance(m, nf.flows.AffineCoupling)]
     assert len(couplings) == 2 * TINY["levels"] * TINY["depth"]
     for coupling in couplings:
-        channels = coupling.param_map.net.net[0].in_channels
-        out = coupling.param_map(torch.randn(4, channels, 4, 4, dtype=torch.float64))
-        raw = coupling.param_map.net(torch.randn(4, channels, 4, 4, dtype=torch.float64))
+        half = torch.randn(4, coupling.param_map.net.net[0].in_channels, 4, 4, dtype=torch.float64)
+        out, raw = coupling.param_map(half), coupling.param_map.net(half)
         assert out[:, 1::2].abs().max() <= clamp < raw[:, 1::2].abs().max()
     x = torch.randn(1, 2, 2, 2, dtype=torch.float64)
     shift_scale = torch.tensor([[[[0.3]], [[0.01]], [[-0.2]], [[5.0]]]], dtype=torch.float64).expand(1, 4, 2, 2)
