@@ -126,10 +126,13 @@ def merge(planned: list[dict[str, Any]], added: list[dict[str, Any]]) -> list[di
     return [row for row in planned if _cell(row) not in filled] + added
 
 
-def in_table_order(rows: list[dict[str, Any]], recipes: list[str]) -> list[dict[str, Any]]:
-    """Rows by budget and seed, then recipe: those of ``recipes`` in its order, then the others as they come
-    (data sets keep their order)."""
-    order = list(dict.fromkeys([*recipes, *(row["recipe"] for row in rows)]))
+def recipe_order(rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
+    """The table's recipe columns: those of ``recipes`` in its order, then the rows' others as they come."""
+    return list(dict.fromkeys([*recipes, *(row["recipe"] for row in rows)]))
+
+
+def in_table_order(rows: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """Rows by budget and seed, then recipe in ``order`` (data sets keep their order)."""
     return sorted(rows, key=lambda row: (row["minutes"], row["seed"], order.index(row["recipe"])))
 
 
@@ -141,9 +144,10 @@ def _glow_time(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None:
     return None
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """One table per data set: a row per budget and seed, a column group per recipe."""
-    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+def markdown(rows: list[dict[str, Any]], order: list[str] | None = None) -> str:
+    """One table per data set: a row per budget and seed, a column per recipe (in ``order``, by default as the
+    rows bring them)."""
+    recipes = recipe_order(rows, order or [])
     header = ("| minutes | seed | " + " | ".join(f"`{r}` BPD" for r in recipes)
               + " | steps | NFE / image | sampling s / image (× Glow's) |")
     out = []
@@ -244,13 +248,14 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(1)
     rows = merge(gather(runs, args.sample_images), [row for path in args.add
                                                      for row in json.loads(path.read_text())["runs"]])
-    rows = in_table_order(rows, args.recipes)
+    order = recipe_order(rows, args.recipes)
+    rows = in_table_order(rows, order)
     result = {"settings": vars(args),
               "hardware": hardware(args.threads, args.parallel),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")  # paths as text
-    table = markdown(rows)
+    table = markdown(rows, order)
     (args.out / "results.md").write_text(table)
     print(table)
     if not plot(rows, args.out / "bpd_vs_budget.png"):

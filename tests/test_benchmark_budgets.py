@@ -101,7 +101,12 @@ def test_added_runs_fill_missing_cells_and_never_replace_a_finished_run() -> Non
 
 
 def test_table_columns_follow_the_recipes_given_then_the_added_ones() -> None:
-    rows = budgets.in_table_order([_row("realnvp", 10, 1.6, None), _row("single", 2.5, 1.9, None),
-                                   _row("glow", 10, 1.5, None), _row("mrcnf", 10, 1.55, None)], ["mrcnf", "glow"])
+    rows = [_row("realnvp", 10, 1.6, None), _row("single", 2.5, 1.9, None), _row("glow", 10, 1.5, None),
+            _row("mrcnf", 10, 1.55, None)]
+    order = budgets.recipe_order(rows, ["mrcnf", "glow"])
+    assert order == ["mrcnf", "glow", "realnvp", "single"]
+    rows = budgets.in_table_order(rows, order)
     assert [(r["recipe"], r["minutes"]) for r in rows] == [
         ("single", 2.5), ("mrcnf", 10), ("glow", 10), ("realnvp", 10)]
+    header = budgets.markdown(rows, order).splitlines()[2]
+    assert header.startswith("| minutes | seed | `mrcnf` BPD | `glow` BPD | `realnvp` BPD | `single` BPD |")
