@@ -82,13 +82,9 @@ class _MultiscaleModel(FlowModel):
         if not 0.0 <= alpha < 0.5:
             raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}")
         self.image_shape = image_shape
-        if bin_warp is None:  # configs without a warp stay as older versions wrote them (checkpoints compare them)
-            config.pop("bin_warp", None)
-        else:
+        if bin_warp is not None:
             self.bin_warp = EdgeBinWarp(**bin_warp)
-        if num_classes is None:  # likewise: unconditional configs are written as before conditions existed
-            config.pop("num_classes", None)
-        self.config = config
+        self.config = _omit_later_defaults(config, bin_warp=None, num_classes=None)
 
         base, flows, merges = [], [], []
         for i in range(levels):
@@ -148,6 +144,15 @@ class _MultiscaleModel(FlowModel):
 
 SCALE_MAPS = ("sigmoid", "exp", "sigmoid_inv")
 """The coupling scale maps of normflows' ``AffineCoupling`` (it takes any other string and fails only when run)."""
+
+
+def _omit_later_defaults(config: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    """``config`` without the options added after the first release that hold their default (``defaults``), so
+    that such a model's config reads as older versions wrote it: checkpoints compare configs."""
+    for key, default in defaults.items():
+        if key in config and config[key] == default:
+            del config[key]
+    return config
 
 
 def _check_scale_map(scale_map: str) -> None:
@@ -221,11 +226,7 @@ class RealNVP(_MultiscaleModel):
     ) -> None:
         config = constructor_spec("realnvp", RealNVP.__init__, locals())
         _check_scale_map(scale_map)
-        # configs with the default scales stay as older versions wrote them (checkpoints compare them)
-        if scale_map == "exp":
-            config.pop("scale_map")
-        if scale_clamp is None:
-            config.pop("scale_clamp")
+        _omit_later_defaults(config, scale_map="exp", scale_clamp=None)
 
         def couplings(channels: int, modes: tuple[str, str]) -> list[nn.Module]:
             return [
