@@ -74,6 +74,26 @@ def test_small_images_take_the_recipes_small_image_settings():
     assert small_realnvp["batch_size"] == 64 and small_realnvp["lr"] == 1e-3
 
 
+def test_the_coarser_mrcnf_levels_take_the_recipes_narrower_nets():
+    stored = load_recipe("mrcnf")
+    shared, rule = stored["model"]["net_options"], dict(stored["adapt"]["coarser_levels"])
+    max_levels = rule.pop("max_levels")
+    for shape, levels in (((1, 28, 28), 2), ((3, 32, 32), 3), ((3, 32, 32), 2)):
+        fitted = plan("mrcnf", images(shape, n=8), model={} if levels == 3 else {"levels": levels})
+        assert fitted.model["levels"] == levels
+        if levels > max_levels:  # measured to tie on CIFAR-10's three levels: one net for all
+            assert fitted.model["net_options"] == shared and "net_options" not in decided(fitted)
+            continue
+        assert fitted.model["net_options"] == [shared] + [{**shared, **rule}] * (levels - 1)
+        model = fitted.build()[0]
+        widths = [level.single_cnf("a width").net.input.out_channels for level in model.levels]
+        assert widths == [shared["hidden_channels"]] + [rule["hidden_channels"]] * (levels - 1)
+    given = {"hidden_channels": 8, "num_blocks": 1}
+    fitted = plan("mrcnf", images((1, 28, 28), n=8), model={"net_options": given})
+    assert fitted.model["net_options"] == given and "net_options" not in decided(fitted)
+    assert plan("mrcnf", flowplug.load_dataset("digits")).model["net_options"] == shared  # small images: one net
+
+
 def test_short_time_budgets_take_the_recipes_short_budget_settings():
     data = images((1, 28, 28), n=16)
     below = load_recipe("mrcnf")["adapt"]["short_budgets"]["below_minutes"]

@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any
 
 from flowplug.data import ImageData
-from flowplug.recipes.rules import RULES, DataSummary
+from flowplug.recipes.rules import RULES, DataSummary, RuleInputs
 from flowplug.train.config import override_options
 
 __all__ = ["DEFAULT_RECIPE", "RecipePlan", "load_recipe", "plan", "recipe", "recipes"]
@@ -85,7 +85,7 @@ def plan(name: str, data: ImageData, *, model: Mapping[str, Any] | None = None,
     summary, run_options = DataSummary.of(data), override_options(options, train)
     decisions = []
     for rule, parameters in stored.get("adapt", {}).items():
-        for decision in RULES[rule](summary, run_options, **parameters):
+        for decision in RULES[rule](RuleInputs(summary, run_options, {**spec, **model}), **parameters):
             given = model if decision.part == "model" else train
             if decision.key in given:
                 continue
