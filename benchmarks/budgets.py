@@ -18,7 +18,8 @@ solver, timed on the process clock: the sampling cost per image and its ratio to
 and seed. Outputs: ``OUT/results.json`` (every figure and the commands), ``OUT/results.md`` (one table per data
 set) and ``OUT/bpd_vs_budget.png`` (needs matplotlib). ``--report-only`` rebuilds them from the run folders;
 ``--add FILE`` adds the figures of runs whose folders are gone
-(they fill the cells of planned runs without a report). The recipes' columns follow ``--recipes``.
+(they fill the cells of planned runs without a report; of several files, a later one's run of a cell replaces an
+earlier one's). The recipes' columns follow ``--recipes``.
 """
 
 from __future__ import annotations
@@ -119,11 +120,11 @@ def _cell(row: dict[str, Any]) -> tuple[str, str, float, int]:
 def merge(planned: list[dict[str, Any]], added: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The planned runs' rows and the added ones; an added row takes the place of a planned run that is missing
     from the run folders (a run of the same data, recipe, budget and seed), and a finished run's row is kept
-    over an added one."""
+    over an added one. Of added rows of the same cell the last counts (a later ``--add`` file supersedes an
+    earlier one); added rows of missing runs are left out."""
     finished = {_cell(row) for row in planned if "bpd" in row}
-    added = [row for row in added if _cell(row) not in finished]
-    filled = {_cell(row) for row in added}
-    return [row for row in planned if _cell(row) not in filled] + added
+    latest = {_cell(row): row for row in added if not row.get("missing") and _cell(row) not in finished}
+    return [row for row in planned if _cell(row) not in latest] + list(latest.values())
 
 
 def recipe_order(rows: list[dict[str, Any]], recipes: list[str]) -> list[str]:
@@ -228,7 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="train nothing; tabulate the run folders")
     parser.add_argument("--add", type=Path, nargs="+", default=[], metavar="JSON",
                         help="also tabulate these runs' figures (files holding a 'runs' list like results.json's, "
-                             "for runs whose folders are gone; 'sample_s_per_image' may be null)")
+                             "for runs whose folders are gone; 'sample_s_per_image' may be null); a later file's "
+                             "run of the same data, recipe, budget and seed replaces an earlier file's")
     args = parser.parse_args(argv)
     for name in ("threads", "parallel", "sample_images"):
         if getattr(args, name) < 1:

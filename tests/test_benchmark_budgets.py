@@ -100,6 +100,13 @@ def test_added_runs_fill_missing_cells_and_never_replace_a_finished_run() -> Non
         ("glow", 10, 1.52), ("glow", 30, 1.40), ("mrcnf", 10, 1.55), ("realnvp", 10, 1.60)]
 
 
+def test_a_later_added_run_of_the_same_cell_replaces_an_earlier_one_and_missing_ones_are_left_out() -> None:
+    gone = {"data": "d/mnist.npz", "recipe": "glow", "minutes": 30, "seed": 0, "missing": True}
+    added = [_row("mrcnf", 10, 1.55, 0.3), _row("glow", 10, 1.50, 0.004), _row("mrcnf", 10, 1.53, 0.1), gone]
+    rows = budgets.merge([], added)
+    assert sorted((r["recipe"], r["bpd"]) for r in rows) == [("glow", 1.50), ("mrcnf", 1.53)]
+
+
 def test_table_columns_follow_the_recipes_given_then_the_added_ones() -> None:
     rows = [_row("realnvp", 10, 1.6, None), _row("single", 2.5, 1.9, None), _row("glow", 10, 1.5, None),
             _row("mrcnf", 10, 1.55, None)]
