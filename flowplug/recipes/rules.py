@@ -14,7 +14,7 @@ skipped.
 - ``coarser_levels``: an MRCNF of 2 to ``max_levels`` levels, on images of 16 pixels a side or more, gives its
   coarser levels these net options over the recipe's (the ``mrcnf`` recipe: width 32 instead of 64 for two-level
   models). With two levels (28×28 images) the coarse level's net runs at the finest level's resolution, so it
-  costs as much per step and holds fewer of the bits: at 10 CPU-minutes width 32 took 1.45× (MNIST) and 1.38×
+  costs as much per step and holds fewer of the bits: at 10 CPU-minutes width 32 took 1.46× (MNIST) and 1.38×
   (Fashion-MNIST) the flow-matching steps and scored 0.025 and 0.014 bits/dim better, the coarse level's share
   within 0.011 of the wider net's. With three levels (CIFAR-10) the coarser levels run at a quarter of the finest
   level's pixels: width 32 took 1.23× the steps and tied (3.9409 against 3.9409), the finest level's gain spent on
