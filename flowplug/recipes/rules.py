@@ -77,6 +77,16 @@ class DataSummary:
         edge = ((x == 0) | (x == data.n_bins - 1)).sum().item() / max(1, x.numel())
         return cls(tuple(data.image_shape), data.n_bins, len(data), round(edge, 4))
 
+    @property
+    def small(self) -> bool:
+        """Whether the images are under :data:`SMALL_IMAGE` pixels a side."""
+        return min(self.image_shape[1:]) < SMALL_IMAGE
+
+    @property
+    def size(self) -> str:
+        """The images' ``HxW``, for a decision's reason."""
+        return f"{self.image_shape[1]}x{self.image_shape[2]}"
+
 
 summarize = DataSummary.of
 
@@ -104,8 +114,7 @@ class Decision:
 
 def _levels(given: RuleInputs, family: str = "mrcnf", max: int = 3) -> list[Decision]:
     data = given.data
-    side = min(data.image_shape[1:])
-    small = side < SMALL_IMAGE
+    side, small = min(data.image_shape[1:]), data.small
     coarsest = 2 if small else (8 if family == "mrcnf" else 4)
     # MRCNF with S levels halves S - 1 times; a multiscale flow with L levels squeezes L times
     halvings = (lambda s: s - 1) if family == "mrcnf" else (lambda s: s)
@@ -149,19 +158,17 @@ def _train_settings(settings: Mapping[str, Any], why: str) -> list[Decision]:
 
 
 def _small_images(given: RuleInputs, **settings: Any) -> list[Decision]:
-    shape = given.data.image_shape
-    if min(shape[1:]) >= SMALL_IMAGE:
+    if not given.data.small:
         return []
-    return _train_settings(settings, f"images of {shape[1]}x{shape[2]}, under {SMALL_IMAGE} pixels a side")
+    return _train_settings(settings, f"images of {given.data.size}, under {SMALL_IMAGE} pixels a side")
 
 
 def _coarser_levels(given: RuleInputs, max_levels: int, **net_options: Any) -> list[Decision]:
     levels, shared = given.model.get("levels", 1), given.model.get("net_options")
-    if (not 2 <= levels <= max_levels or min(given.data.image_shape[1:]) < SMALL_IMAGE
-            or not isinstance(shared, Mapping)):
+    if not 2 <= levels <= max_levels or given.data.small or not isinstance(shared, Mapping):
         return []
     coarser = {**shared, **net_options}
-    why = (f"images of {given.data.image_shape[1]}x{given.data.image_shape[2]}: the finest level's net keeps "
+    why = (f"images of {given.data.size}: the finest level's net keeps "
            f"{json.dumps(dict(shared))}, the {levels - 1} coarser levels' take {json.dumps(net_options)}")
     return [Decision("model", "net_options", [dict(shared)] + [dict(coarser) for _ in range(levels - 1)], why)]
 
