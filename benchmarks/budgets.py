@@ -83,14 +83,15 @@ def _train(run: dict[str, Any]) -> str:
 
 
 def sampling_seconds_per_image(folder: Path, images: int, seed: int = 0) -> float:
-    """CPU seconds per image of drawing ``images`` images at temperature 1 from the run's best EMA weights, after
+    """CPU seconds per image of drawing ``images`` images at temperature 1 from the run's best EMA weights as
+    ``flowplug sample`` does (images without their log-density, :meth:`~flowplug.FlowModel.sample_images`), after
     one untimed draw (the first call pays for lazy initialisation)."""
     model = build_model(load_checkpoint(RunFolder(folder).best), use_ema=True).eval()
     torch.manual_seed(seed)
     with torch.no_grad():
-        model.sample(2)
+        model.sample_images(2)
         start = time.process_time()
-        model.sample(images)
+        model.sample_images(images)
     return (time.process_time() - start) / images
 
 

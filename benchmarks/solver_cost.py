@@ -10,8 +10,10 @@ solver setting: the model's adaptive evaluation solver at its tolerance (the ref
 - held-out BPD, its difference to the reference (the same dequantisation noise and Hutchinson probes in every
   row, so the difference is the solver's error alone) and function evaluations (NFE) per image, summed over the
   levels;
-- sampling from **the same latents** in every row: the largest and the mean absolute pixel difference to the
-  reference's images (pixels in [0, 1]; one 8-bit grey level is 1/256 = 0.0039), and seconds per image;
+- sampling from **the same latents** in every row, images alone as ``flowplug sample`` draws them
+  (:func:`flowplug.cnf.without_log_det`): the largest and the mean absolute pixel difference to the reference's
+  images (pixels in [0, 1]; one 8-bit grey level is 1/256 = 0.0039) and seconds per image, and the seconds per
+  image of the same draw with its log-density (``model.sample``'s work);
 - with ``--glow``, a Glow checkpoint's sampling time per image, measured in the same process, and each row's
   ratio to it.
 
@@ -33,6 +35,7 @@ import flowplug  # noqa: F401  (thread policy before torch)
 
 import torch
 
+from flowplug.cnf import without_log_det
 from flowplug.threads import set_threads
 from flowplug.train import load_checkpoint
 from flowplug.train.checkpoint import build_model
@@ -82,7 +85,9 @@ def measure(checkpoint_path: Path, data_name: str, images: int, samples: int, gl
         with cnf_settings(model, **options):
             result, eval_s = _timed(lambda: evaluate(model, data, seed=seed, batch_size=images))
             with torch.no_grad():
-                (sampled, _), sample_s = _timed(lambda: model.forward_and_log_det(latents))
+                _, log_q_sample_s = _timed(lambda: model.forward_and_log_det(latents))
+                with without_log_det(model):
+                    (sampled, _), sample_s = _timed(lambda: model.forward_and_log_det(latents))
                 sample_nfe = count_nfe(model)
         if reference_images is None:
             reference_images, reference_bpd = sampled, result["bpd"]
@@ -90,7 +95,8 @@ def measure(checkpoint_path: Path, data_name: str, images: int, samples: int, gl
         rows.append({"solver": name, "bpd": result["bpd"], "bpd_error": result["bpd"] - reference_bpd,
                      "nfe": result["nfe"], "eval_s_per_image": eval_s / images,
                      "sample_nfe": sample_nfe, "sample_max_error": float(difference.max()),
-                     "sample_mean_error": float(difference.mean()), "sample_s_per_image": sample_s / samples})
+                     "sample_mean_error": float(difference.mean()), "sample_s_per_image": sample_s / samples,
+                     "log_q_sample_s_per_image": log_q_sample_s / samples})
     out: dict[str, Any] = {"checkpoint": str(checkpoint_path), "data": data.name, "images": images,
                            "samples": samples, "rows": rows}
     if glow is not None:
@@ -108,13 +114,13 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"{result['data']}: {result['images']} held-out images, {result['samples']} samples from the same "
              "latents" + (f"; Glow samples in {glow:.4f} s per image" if glow else ""),
              "| solver | BPD | Δ BPD | NFE / image | eval s / image | max Δ pixel | mean Δ pixel | sample s / image"
-             + (" | × Glow |" if glow else " |"),
-             "|---|---|---|---|---|---|---|---|" + ("---|" if glow else "")]
+             " | with log q" + (" | × Glow |" if glow else " |"),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if glow else "")]
     for r in result["rows"]:
         ratio = f" {r['sample_s_per_image'] / glow:.1f} |" if glow else ""
         lines.append(f"| {r['solver']} | {r['bpd']:.4f} | {r['bpd_error']:+.4f} | {r['nfe']:.0f} | "
                      f"{r['eval_s_per_image']:.3f} | {r['sample_max_error']:.4f} | {r['sample_mean_error']:.5f} | "
-                     f"{r['sample_s_per_image']:.3f} |{ratio}")
+                     f"{r['sample_s_per_image']:.3f} | {r['log_q_sample_s_per_image']:.3f} |{ratio}")
     return "\n".join(lines)
 
 

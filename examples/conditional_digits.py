@@ -112,7 +112,7 @@ def conditional_samples(
     """Samples of ``model`` given ``labels`` at ``temperature`` (and classifier-free ``guidance`` when not 0),
     ``batch`` at a time."""
     guided = {"guidance": guidance} if guidance else {}
-    return torch.cat([model.sample(len(part), y=part, temperature=temperature, **guided)[0]
+    return torch.cat([model.sample_images(len(part), temperature=temperature, y=part, **guided)
                       for part in labels.split(batch)])
 
 

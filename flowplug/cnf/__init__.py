@@ -6,7 +6,7 @@ Importing this package registers ``"cnf"`` (kind ``"flow"``), ``"conv_odenet"``,
 """
 
 from flowplug.cnf.divergence import exact_divergence, hutchinson_divergence, sample_probe
-from flowplug.cnf.flow import CNF, DIVERGENCES, NFECount
+from flowplug.cnf.flow import CNF, DIVERGENCES, NFECount, without_log_det
 from flowplug.cnf.guidance import Guidance, GuidedVelocity
 from flowplug.cnf.nets import ACTIVATIONS, ConvODENet, MLPODENet
 from flowplug.cnf.regularization import RNODE
@@ -30,4 +30,5 @@ __all__ = [
     "exact_divergence",
     "hutchinson_divergence",
     "sample_probe",
+    "without_log_det",
 ]

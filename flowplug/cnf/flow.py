@@ -16,8 +16,9 @@ densities, tests) or exact per-sample values.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ from flowplug.cnf.regularization import RNODE
 from flowplug.cnf.solver import DEFAULT_SOLVER, ODESolverError, SolverSettings, solve
 from flowplug.registry import register
 
-__all__ = ["CNF", "DIVERGENCES", "NFECount"]
+__all__ = ["CNF", "DIVERGENCES", "NFECount", "without_log_det"]
 
 DIVERGENCES = ("hutchinson", "exact")
 
@@ -54,7 +55,9 @@ class NFECount:
 
 
 class _Dynamics:
-    """The augmented ODE of one solve: state ``(z, L, *RNODE integrals)``.
+    """The augmented ODE of one solve: state ``(z, L, *RNODE integrals)``, or ``(z,)`` alone when ``trace`` is
+    off (a sampling solve whose log-determinant nobody reads: one pass of the net per evaluation, no
+    vector-Jacobian product).
 
     One instance per solve, so the Hutchinson probe and the context stay fixed for that solve and
     its adjoint backward pass even if the CNF is called again before ``backward()``.
@@ -69,6 +72,7 @@ class _Dynamics:
         settings: SolverSettings,
         counts: tuple[NFECount, ...],
         check_finite: bool,
+        trace: bool = True,
     ) -> None:
         self.net = net
         self.context = context
@@ -77,6 +81,7 @@ class _Dynamics:
         self.settings = settings
         self.counts = counts
         self.check_finite = check_finite
+        self.trace = trace
         self.phase = "forward"
         """``"backward"`` once the forward solve has returned: later calls are the adjoint's."""
 
@@ -85,6 +90,11 @@ class _Dynamics:
     ) -> tuple[torch.Tensor, ...]:
         for count in self.counts:
             setattr(count, self.phase, getattr(count, self.phase) + 1)
+        if not self.trace:
+            z = state[0]
+            dz = self._velocity(t, z)
+            self._check_finite(t, z, dz)
+            return (dz,)
         create_graph = torch.is_grad_enabled()
         frobenius = self.rnode is not None and self.rnode.jacobian_norm > 0
         with torch.enable_grad():
@@ -92,12 +102,7 @@ class _Dynamics:
             if not (create_graph and z.requires_grad):
                 # a fresh leaf: the state carries no graph we need (no-grad solves, adjoint forward)
                 z = z.detach().requires_grad_(True)
-            dz = self.net(t, z, context=self.context)
-            if dz.shape != z.shape:
-                raise ValueError(
-                    f"the ODE net returned dz/dt of shape {tuple(dz.shape)} for z of shape "
-                    f"{tuple(z.shape)}"
-                )
+            dz = self._velocity(t, z)
             if self.probe is None:
                 trace, sq_frobenius = exact_divergence(
                     dz, z, create_graph=create_graph, frobenius=frobenius
@@ -106,18 +111,30 @@ class _Dynamics:
                 trace, sq_frobenius = hutchinson_divergence(
                     dz, z, self.probe, create_graph=create_graph, frobenius=frobenius
                 )
-        if self.check_finite:
-            finite = torch.isfinite(z).all() & torch.isfinite(dz).all() & torch.isfinite(trace).all()
-            if not bool(finite):  # a host synchronisation per evaluation: only when asked for
-                raise ODESolverError(
-                    f"non-finite ODE state or dynamics (NaN or inf) at t={float(t):.6g} in the "
-                    f"{self.phase} solve with {self.settings.describe()}; the flow has diverged: lower "
-                    "the learning rate, regularise it (kinetic_energy / jacobian_norm), or check the "
-                    "inputs' scale"
-                )
+        self._check_finite(t, z, dz, trace)
         rates = self.rnode.rates(dz, sq_frobenius) if self.rnode is not None else ()
         derivatives = (dz, trace, *rates)
         return derivatives if create_graph else tuple(d.detach() for d in derivatives)
+
+    def _velocity(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dz = self.net(t, z, context=self.context)
+        if dz.shape != z.shape:
+            raise ValueError(
+                f"the ODE net returned dz/dt of shape {tuple(dz.shape)} for z of shape {tuple(z.shape)}"
+            )
+        return dz
+
+    def _check_finite(self, t: torch.Tensor, *tensors: torch.Tensor) -> None:
+        if not self.check_finite:
+            return
+        finite = torch.stack([torch.isfinite(x).all() for x in tensors]).all()
+        if not bool(finite):  # a host synchronisation per evaluation: only when asked for
+            raise ODESolverError(
+                f"non-finite ODE state or dynamics (NaN or inf) at t={float(t):.6g} in the "
+                f"{self.phase} solve with {self.settings.describe()}; the flow has diverged: lower "
+                "the learning rate, regularise it (kinetic_energy / jacobian_norm), or check the "
+                "inputs' scale"
+            )
 
 
 @register("cnf")
@@ -197,6 +214,8 @@ class CNF(Flow):
         self.nfe = NFECount()
         self._last_nfe = NFECount()
         self._extra_terms: dict[str, torch.Tensor] = {}
+        self._sample_log_det = True
+        """False within :func:`without_log_det`: sampling solves integrate the state alone."""
 
     @property
     def solver(self) -> SolverSettings:
@@ -306,31 +325,36 @@ class CNF(Flow):
             net = GuidedVelocity(self.net, guidance)
         settings = self.solver
         divergence = self.divergence if self.training else self.eval_divergence
+        trace = density or self._sample_log_det
+        # drawn even for a solve without trace, so that the random stream (the later levels' draws) stays the same
         probe = sample_probe(x, self.probe) if divergence == "hutchinson" else None
         regularize = density and self.training and bool(self.rnode.active)
         rnode = self.rnode if regularize else None
         self._last_nfe = NFECount()
         dynamics = _Dynamics(
-            net, context, probe, rnode, settings, (self.nfe, self._last_nfe), self.check_finite
+            net, context, probe, rnode, settings, (self.nfe, self._last_nfe), self.check_finite, trace
         )
 
         zeros = x.new_zeros(x.shape[0])
         num_integrals = len(rnode.active) if rnode else 0
-        state = (x, zeros) + (zeros,) * num_integrals
+        state = (x, zeros) + (zeros,) * num_integrals if trace else (x,)
         # the log-density is a sum over the D dimensions of z: D times one dimension's absolute tolerance holds
         # its error per dimension (what bits per dimension are made of) to atol, as z's; the RNODE integrals
         # are means over dimensions already
-        atol_scales = (1.0, float(x[0].numel())) + (1.0,) * num_integrals
+        atol_scales = ((1.0, float(x[0].numel())) + (1.0,) * num_integrals)[:len(state)]
         adjoint_params = None
         if self.adjoint and torch.is_grad_enabled():
             adjoint_params = [p for p in self.net.parameters() if p.requires_grad]
             if context is not None and context.requires_grad:
                 adjoint_params.append(context)
         t0, t1 = (0.0, self.T) if density else (self.T, 0.0)
-        out, log_det, *integrals = solve(
+        out, *rest = solve(
             dynamics, state, t0, t1, settings, adjoint_params=adjoint_params, atol_scales=atol_scales
         )
         dynamics.phase = "backward"
+        if not trace:
+            return out, torch.full_like(zeros, math.nan)
+        log_det, *integrals = rest
 
         if density:
             self._extra_terms = rnode.loss_terms(tuple(integrals)) if rnode else {}
@@ -344,3 +368,22 @@ class CNF(Flow):
             f"adjoint={self.adjoint}, check_finite={self.check_finite}, train_solver=({self.train_solver.describe()}), "
             f"eval_solver=({self.eval_solver.describe()})" + (f", {rnode}" if rnode else "")
         )
+
+
+@contextlib.contextmanager
+def without_log_det(module: nn.Module) -> Iterator[None]:
+    """Within the block, every :class:`CNF` in ``module`` solves its sampling direction (``forward``) for the
+    state alone: no divergence, so a function evaluation is one pass of the net instead of a pass and a
+    vector-Jacobian product, and an adaptive solver controls the state's error only. The log-determinant such a
+    solve returns is NaN (a ``log q`` computed inside the block is NaN, never silently wrong). On a fixed grid the
+    samples are those of the full solve; density passes (``inverse``) are unchanged. Restored on exit.
+    :meth:`flowplug.FlowModel.sample_images` samples this way."""
+    cnfs = [m for m in module.modules() if isinstance(m, CNF)]
+    saved = [m._sample_log_det for m in cnfs]
+    for m in cnfs:
+        m._sample_log_det = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(cnfs, saved, strict=True):
+            m._sample_log_det = flag

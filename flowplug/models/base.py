@@ -27,7 +27,7 @@ from torch import nn
 
 from flowplug._checks import check_floating
 from flowplug.bin_warp import EdgeBinWarp
-from flowplug.cnf.flow import CNF
+from flowplug.cnf.flow import CNF, without_log_det
 from flowplug.condition import check_condition
 from flowplug.metrics import bits_per_dim, level_bits_per_dim
 
@@ -91,6 +91,20 @@ class FlowModel(nn.Module, ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``num_samples`` images ``v`` and their ``log q(v)`` (given ``y``: one label for all, or one per
         sample, for a conditional model); ``temperature`` scales the base's std."""
+
+    def sample_images(
+        self, num_samples: int = 1, temperature: float | None = None, y: torch.Tensor | int | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
+        """:meth:`sample`'s images without their ``log q``: the CNFs among the submodules integrate their state
+        alone (:func:`flowplug.cnf.without_log_det`), one pass of the net per function evaluation instead of a pass
+        and a vector-Jacobian product. ``options`` go to :meth:`sample` (e.g. ``guidance``). With a fixed-grid
+        solver the images are :meth:`sample`'s from the same random state; an adaptive solver, which then controls
+        the images' error alone, may take other steps, within its tolerance. Models without a CNF sample as
+        :meth:`sample` does."""
+        with without_log_det(self):
+            v, _ = self.sample(num_samples, temperature, **_given(y), **options)
+        return v
 
     @property
     def can_guide(self) -> bool:

@@ -40,7 +40,7 @@ from torch import nn
 from flowplug._checks import check_finite, check_floating, check_num_samples
 from flowplug.asinh import AsinhStretch
 from flowplug.bin_warp import EdgeBinWarp
-from flowplug.cnf import CNF, Guidance, ResODENet
+from flowplug.cnf import CNF, Guidance, ResODENet, without_log_det
 from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
 from flowplug.condition import DEFAULT_EMBEDDING_DIM, ConditionEncoder, check_condition_options, spatial_features
 from flowplug.conditioning import ComposedFlow, run_forward, run_inverse
@@ -610,7 +610,8 @@ class MRCNF(FlowModel):
         k = sizes[tuple(coarse.shape[2:])]
         y = self.sample_condition(coarse.shape[0], y)
         log_q = torch.zeros(coarse.shape[0], dtype=coarse.dtype, device=coarse.device)
-        return self._refine(coarse, log_q, k, temperature, y, guidance)[0]
+        with without_log_det(self):  # images alone: the CNFs skip their divergence
+            return self._refine(coarse, log_q, k, temperature, y, guidance)[0]
 
     # -------------------------------------------------------------------------------- level-wise training
     def set_trainable_levels(self, levels: Iterable[int] | None) -> None:

@@ -232,8 +232,7 @@ class Trainer:
         options = {**({} if labels is None else {"y": labels}), **({"guidance": guidance} if guidance else {})}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.config.seed + self.step)
-            v, _ = model.sample(num_samples, temperature=temperature, **options)
-        return v
+            return model.sample_images(num_samples, temperature=temperature, **options)
 
     @classmethod
     def restore(cls, checkpoint: Checkpoint, *, device: str | torch.device = "auto") -> Trainer:
