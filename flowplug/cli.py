@@ -348,7 +348,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _solver(args: argparse.Namespace, trainer: Trainer) -> typing.ContextManager[None]:
     """The CNFs' solver of a sample/evaluate/ood command: ``--steps`` (a fixed rk4 grid) or ``--tolerance`` (the
-    adaptive solver's), else the checkpoint's own evaluation solver."""
+    adaptive solver's), else the checkpoint's own (``sample``: its sampling solver where it has one)."""
     return cnf_settings(trainer.eval_model(), steps=args.steps, tolerance=args.tolerance)
 
 
@@ -493,13 +493,15 @@ def _parser() -> argparse.ArgumentParser:
                              "split seed (default: the checkpoint's)")
         command.set_defaults(run=run)
         solver = command.add_mutually_exclusive_group()
+        own = ("the checkpoint's sampling solver (mrcnf recipe: 4 rk4 steps; else its evaluation solver)"
+               if name == "sample" else "the checkpoint's adaptive solver")
         solver.add_argument("--steps", type=int, metavar="N",
-                            help="solve each CNF on a fixed grid of N rk4 steps (4N function evaluations per "
-                                 "level) instead of the checkpoint's adaptive solver: faster, within the error "
-                                 "docs/benchmarks.md measures")
+                            help=f"solve each CNF on a fixed grid of N rk4 steps (4N function evaluations per "
+                                 f"level) instead of {own}: fewer steps are faster, within the error "
+                                 f"docs/benchmarks.md measures")
         solver.add_argument("--tolerance", type=float, metavar="TOL",
-                            help="the adaptive solver's atol = rtol (default: the checkpoint's; 3e-3 for the mrcnf "
-                                 "recipe)")
+                            help=f"solve each CNF adaptively at atol = rtol = TOL instead of {own} (the mrcnf "
+                                 f"recipe evaluates at 3e-3)")
         if name == "sample":
             command.add_argument("--num", type=int, default=64)
             command.add_argument("--temperature", type=float, default=1.0)

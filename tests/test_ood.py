@@ -97,6 +97,25 @@ def test_cnf_settings_sets_and_restores_every_cnfs_evaluation_trace_and_toleranc
             pass
 
 
+def test_a_given_tolerance_or_grid_also_replaces_the_sampling_solver_until_the_block_ends():
+    model = tiny_model()
+    cnfs = [m for m in model.modules() if isinstance(m, CNF)]
+    for m in cnfs:
+        m.sample_solver = SolverSettings("rk4", steps=1)
+    with torch.no_grad():
+        model.sample_images(2)
+        assert count_nfe(model) == len(cnfs) * 4 * 1
+    with cnf_settings(model, steps=2), torch.no_grad():
+        assert {m.sample_solver for m in cnfs} == {None}
+        model.sample_images(2)
+        assert count_nfe(model) == len(cnfs) * 4 * 2
+    with cnf_settings(model, tolerance=1e-3):
+        assert {m.sample_solver for m in cnfs} == {None}
+    with cnf_settings(model, trace="exact"):
+        assert {m.sample_solver for m in cnfs} == {SolverSettings("rk4", steps=1)}
+    assert {m.sample_solver for m in cnfs} == {SolverSettings("rk4", steps=1)}
+
+
 def test_auroc_is_the_probability_that_the_other_set_scores_higher():
     assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
     assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 0.0  # reported as is, not flipped

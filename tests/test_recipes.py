@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import flowplug
+from flowplug.cnf.solver import SolverSettings
 from flowplug.data import ImageData
 from flowplug.recipes import DEFAULT_RECIPE, load_recipe, plan, recipe, recipes
 from flowplug.recipes.rules import DataSummary
@@ -135,6 +136,17 @@ def test_every_recipe_builds_a_rebuildable_model_and_a_valid_config(name):
     model, config = recipe(name, images((3, 16, 16), n=8))
     assert tuple(model.image_shape) == (3, 16, 16) and config.steps == 1000
     flowplug.build(model.config).load_state_dict(model.state_dict())
+
+
+def test_the_mrcnf_recipe_samples_on_four_rk4_steps_and_evaluates_adaptively():
+    model = flowplug.build(recipe("mrcnf", images((1, 16, 16), n=8))[0].config).eval()
+    cnfs = [m for m in model.modules() if isinstance(m, flowplug.CNF)]
+    assert len(cnfs) == len(model.levels) == 2
+    assert {m.sample_solver for m in cnfs} == {SolverSettings("rk4", steps=4)}
+    assert {m.eval_solver for m in cnfs} == {SolverSettings("dopri5", atol=3e-3, rtol=3e-3)}
+    with torch.no_grad():
+        model.sample_images(2)
+    assert sum(m.last_nfe for m in cnfs) == 2 * 4 * 4
 
 
 def test_the_model_initialisation_follows_the_seed():

@@ -153,6 +153,10 @@ class CNF(Flow):
     field: with a fixed grid or a loose tolerance in ``train_solver`` the trained log-density can
     be far from the ODE's (an MRCNF's likelihood phase on 4 rk4 steps reached 3.13 bits/dim at
     dopri5 where 1e-3 reached 1.56), so judge such a model at a tight ``eval_solver``.
+    sample_solver: the settings of the solves that draw samples without their log-density (within
+    :func:`without_log_det`, as :meth:`flowplug.FlowModel.sample_images` draws); ``None`` means the
+    current mode's. A fixed grid there (e.g. ``{"method": "rk4", "steps": 4}``) gives every image
+    the same cost and leaves log-densities and round trips, which use ``eval_solver``, untouched.
     adjoint: backpropagate by the adjoint method
     (``odeint_adjoint``: memory independent of the number of steps, at the price of a backward
     solve) instead of through the solver's operations. kinetic_energy, jacobian_norm: RNODE
@@ -180,6 +184,7 @@ class CNF(Flow):
         probe: str = "rademacher",
         train_solver: SolverLike = DEFAULT_SOLVER,
         eval_solver: SolverLike | None = None,
+        sample_solver: SolverLike | None = None,
         adjoint: bool = False,
         kinetic_energy: float = 0.0,
         jacobian_norm: float = 0.0,
@@ -208,6 +213,7 @@ class CNF(Flow):
         self.eval_solver = (
             self.train_solver if eval_solver is None else SolverSettings.coerce(eval_solver)
         )
+        self.sample_solver = None if sample_solver is None else SolverSettings.coerce(sample_solver)
         self.adjoint = bool(adjoint)
         self.check_finite = bool(check_finite)
         self.rnode = RNODE(kinetic_energy=kinetic_energy, jacobian_norm=jacobian_norm)
@@ -323,9 +329,9 @@ class CNF(Flow):
                 raise ValueError("guidance contrasts a context with a null context; this solve has no context")
             check_same_dtype_and_device(guidance.null_context, "the null context", context, "the context")
             net = GuidedVelocity(self.net, guidance)
-        settings = self.solver
         divergence = self.divergence if self.training else self.eval_divergence
         trace = density or self._sample_log_det
+        settings = self.solver if trace or self.sample_solver is None else self.sample_solver
         # drawn even for a solve without trace, so that the random stream (the later levels' draws) stays the same
         probe = sample_probe(x, self.probe) if divergence == "hutchinson" else None
         regularize = density and self.training and bool(self.rnode.active)
@@ -366,7 +372,9 @@ class CNF(Flow):
             f"T={self.T}, divergence={self.divergence!r}, "
             f"eval_divergence={self.eval_divergence!r}, "
             f"adjoint={self.adjoint}, check_finite={self.check_finite}, train_solver=({self.train_solver.describe()}), "
-            f"eval_solver=({self.eval_solver.describe()})" + (f", {rnode}" if rnode else "")
+            f"eval_solver=({self.eval_solver.describe()})"
+            + (f", sample_solver=({self.sample_solver.describe()})" if self.sample_solver is not None else "")
+            + (f", {rnode}" if rnode else "")
         )
 
 
@@ -375,8 +383,9 @@ def without_log_det(module: nn.Module) -> Iterator[None]:
     """Within the block, every :class:`CNF` in ``module`` solves its sampling direction (``forward``) for the
     state alone: no divergence, so a function evaluation is one pass of the net instead of a pass and a
     vector-Jacobian product, and an adaptive solver controls the state's error only. The log-determinant such a
-    solve returns is NaN (a ``log q`` computed inside the block is NaN, never silently wrong). On a fixed grid the
-    samples are those of the full solve; density passes (``inverse``) are unchanged. Restored on exit.
+    solve returns is NaN (a ``log q`` computed inside the block is NaN, never silently wrong). A CNF with a
+    ``sample_solver`` solves with it here. On the same fixed grid the samples are those of the full solve; density
+    passes (``inverse``) are unchanged. Restored on exit.
     :meth:`flowplug.FlowModel.sample_images` samples this way."""
     cnfs = [m for m in module.modules() if isinstance(m, CNF)]
     saved = [m._sample_log_det for m in cnfs]

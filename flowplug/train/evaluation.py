@@ -46,8 +46,9 @@ def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float
                  steps: int | None = None, method: str = "rk4") -> Iterator[None]:
     """Within the block, every CNF of ``model`` evaluates and samples with the ``trace`` divergence and/or its
     evaluation solver at ``atol = rtol = tolerance``, or on a fixed grid of ``steps`` equal steps of the
-    fixed-step ``method`` over its ``[0, T]`` (``4 · steps`` function evaluations per solve with ``"rk4"``); the
-    settings are restored after."""
+    fixed-step ``method`` over its ``[0, T]`` (``4 · steps`` function evaluations per solve with ``"rk4"``). A
+    ``tolerance`` or ``steps`` also replaces a CNF's ``sample_solver``: samples drawn without their log-density
+    then solve the same way. The settings are restored after."""
     if trace is not None and trace not in DIVERGENCES:
         raise ValueError(f"unknown trace {trace!r}; expected one of {DIVERGENCES}")
     if tolerance is not None and (isinstance(tolerance, bool) or not 0 < tolerance < 1):
@@ -61,8 +62,10 @@ def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float
             raise ValueError(f"method must be a fixed-step method, one of {sorted(FIXED_STEP_METHODS)}, "
                              f"got {method!r}")
     cnfs = [m for m in model.modules() if isinstance(m, CNF)]
-    saved = [(m.eval_divergence, m.eval_solver) for m in cnfs]
+    saved = [(m.eval_divergence, m.eval_solver, m.sample_solver) for m in cnfs]
     for m in cnfs:
+        if tolerance is not None or steps is not None:
+            m.sample_solver = None
         if trace is not None:
             m.eval_divergence = trace
         if tolerance is not None:
@@ -72,8 +75,8 @@ def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float
     try:
         yield
     finally:
-        for m, (divergence, solver) in zip(cnfs, saved, strict=True):
-            m.eval_divergence, m.eval_solver = divergence, solver
+        for m, (divergence, solver, sample_solver) in zip(cnfs, saved, strict=True):
+            m.eval_divergence, m.eval_solver, m.sample_solver = divergence, solver, sample_solver
 
 
 def level_terms(model: FlowModel, inputs: torch.Tensor, *, batch_size: int, device: torch.device,

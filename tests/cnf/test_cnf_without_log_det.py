@@ -71,3 +71,22 @@ def test_a_non_finite_state_is_reported_with_check_finite():
     cnf = CNF(Blowup(), train_solver={"method": "rk4", "steps": 1}, check_finite=True)
     with without_log_det(cnf), pytest.raises(flow_module.ODESolverError, match="non-finite ODE state"):
         cnf.forward(torch.ones(1, 2, dtype=torch.float64))
+
+
+def test_a_sample_solver_drives_the_solves_without_log_det_and_nothing_else(linear_net, tight):
+    net = linear_net(4, seed=1)
+    grid = {"method": "rk4", "steps": 2}
+    cnf = CNF(net, T=0.7, train_solver=tight, sample_solver=grid).eval()
+    on_the_grid = CNF(net, T=0.7, train_solver=grid).eval()
+    z = torch.randn(5, 4, dtype=torch.float64)
+    with without_log_det(cnf), without_log_det(on_the_grid):
+        fast, _ = cnf.forward(z)
+        assert cnf.last_nfe == 8
+        assert torch.equal(fast, on_the_grid.forward(z)[0])
+    exact = z @ torch.linalg.matrix_exp(-0.7 * net.matrix.detach()).T
+    x, log_det = cnf.forward(z)  # the full solve: eval_solver
+    torch.testing.assert_close(x, exact, atol=1e-8, rtol=1e-8)
+    assert cnf.last_nfe > 8 and bool(torch.isfinite(log_det).all())
+    torch.testing.assert_close(cnf.inverse(x)[0], z, atol=1e-8, rtol=1e-8)
+    assert "sample_solver=(method='rk4', steps=2)" in repr(cnf)
+    assert "sample_solver" not in repr(on_the_grid)
