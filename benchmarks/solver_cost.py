@@ -4,9 +4,11 @@
 
 For a trained multi-resolution (or single-resolution) CNF checkpoint, on its own held-out images (the split its
 training run recorded, :func:`flowplug.train.splits.evaluation_split`), the script prints one table row per
-solver setting: the reference (dopri5 at ``--reference``, default the model's own evaluation solver, which is
-3e-3 for the ``mrcnf`` recipe), looser tolerances, and fixed rk4 grids of a few steps (``flowplug
-evaluate/sample --steps N``):
+solver setting: the reference (dopri5 at ``--reference``, default the tolerance of the model's finest level's
+evaluation solver, which is 3e-3 for the ``mrcnf`` recipe), the model's own solvers (the ``mrcnf`` recipe's
+per-level evaluation tolerances and sampling grids), rows of one tolerance or one grid per level
+(``--level-tolerances 3e-3,3e-3,1e-2``, ``--level-steps 2,4,4``, each repeatable), looser tolerances, and fixed
+rk4 grids of a few steps (``flowplug evaluate/sample --steps N``):
 
 - held-out BPD, its difference to the reference (the same dequantisation noise and Hutchinson probes in every
   row, so the difference is the solver's error alone) and function evaluations (NFE) per image, summed over the
@@ -48,10 +50,16 @@ TOLERANCES = (1e-4, 3e-4, 1e-3, 3e-3)
 STEPS = (1, 2, 4, 8, 16)
 
 
-def _settings(reference_tolerance: float) -> list[tuple[str, dict[str, Any]]]:
-    """The rows' solver settings, the reference first. Every row sets the solver, so that a model's own sampling
-    solver (``sample_solver``, e.g. the ``mrcnf`` recipe's rk4 grid) never stands in for a row's."""
-    rows = [(f"dopri5 {reference_tolerance:g} (reference)", {"tolerance": reference_tolerance})]
+def _settings(reference_tolerance: float, level_tolerances: list[list[float]] = (),
+              level_steps: list[list[int]] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """The rows' solver settings, the reference first, then the given per-level ones (finest level first). Every
+    row but the model's own sets the solver, so that a model's own sampling solver (``sample_solver``, e.g. the
+    ``mrcnf`` recipe's rk4 grid) never stands in for a row's."""
+    rows = [(f"dopri5 {reference_tolerance:g} (reference)", {"tolerance": reference_tolerance}),
+            ("the model's own solvers", {})]
+    rows += [(f"dopri5 {' / '.join(f'{t:g}' for t in tols)} per level", {"tolerance": tols})
+             for tols in level_tolerances]
+    rows += [(f"rk4 {' / '.join(map(str, steps))} steps per level", {"steps": steps}) for steps in level_steps]
     rows += [(f"dopri5 {tol:g}", {"tolerance": tol}) for tol in TOLERANCES if tol > reference_tolerance]
     rows += [(f"rk4 {n} steps", {"steps": n}) for n in STEPS]
     return rows
@@ -76,9 +84,11 @@ def _timed(function: Any) -> tuple[Any, float]:
 
 
 def measure(checkpoint_path: Path, data_name: str, images: int, samples: int, glow: Path | None,
-            seed: int = 0, reference: float | None = None) -> dict[str, Any]:
+            seed: int = 0, reference: float | None = None, level_tolerances: list[list[float]] = (),
+            level_steps: list[list[int]] = ()) -> dict[str, Any]:
     """The table's rows for the CNF checkpoint (and Glow's sampling time); ``reference``: the reference row's
-    tolerance (default: the checkpoint's evaluation solver)."""
+    tolerance (default: that of the checkpoint's finest level's evaluation solver); ``level_tolerances`` and
+    ``level_steps``: further rows of one tolerance or one number of rk4 steps per level."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = build_model(checkpoint, use_ema=True).eval()
     data = evaluation_split(checkpoint, data_name, "held-out").first(images)
@@ -86,7 +96,7 @@ def measure(checkpoint_path: Path, data_name: str, images: int, samples: int, gl
     reference_tolerance = own_tolerance if reference is None else reference
     latents = _latents(model, samples, seed)
     rows, reference_images = [], None
-    for name, options in _settings(reference_tolerance):
+    for name, options in _settings(reference_tolerance, level_tolerances, level_steps):
         with cnf_settings(model, **options):
             result, eval_s = _timed(lambda: evaluate(model, data, seed=seed, batch_size=images))
             with torch.no_grad():
@@ -139,13 +149,19 @@ def main() -> None:
     parser.add_argument("--reference", type=float,
                         help="the reference row's dopri5 tolerance (default: the checkpoint's evaluation solver's; "
                              "1e-5 for a model of the mrcnf recipe, which evaluates at 3e-3)")
+    parser.add_argument("--level-tolerances", action="append", default=[], metavar="TOL,TOL,...",
+                        type=lambda text: [float(t) for t in text.split(",")],
+                        help="a further row: dopri5 at one tolerance per level, finest first (repeatable)")
+    parser.add_argument("--level-steps", action="append", default=[], metavar="N,N,...",
+                        type=lambda text: [int(n) for n in text.split(",")],
+                        help="a further row: one number of rk4 steps per level, finest first (repeatable)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     set_threads(args.threads)
     glow = _checkpoint_path(args.glow) if args.glow else None
     result = measure(_checkpoint_path(args.checkpoint), args.data, args.images, args.samples, glow,
-                     reference=args.reference)
+                     reference=args.reference, level_tolerances=args.level_tolerances, level_steps=args.level_steps)
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

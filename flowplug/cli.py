@@ -53,6 +53,20 @@ def _level_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"levels must be comma-separated integers, got {text!r}") from None
 
 
+def _per_level(kind: type, what: str) -> Any:
+    """An argparse type: one number of ``kind`` (every level) or a comma-separated list of one per level (finest
+    first), described as ``what`` in errors."""
+
+    def parse(text: str) -> Any:
+        try:
+            values = [kind(s) for s in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, or one per level separated by commas, got {text!r}") from None
+        return values[0] if len(values) == 1 else values
+
+    return parse
+
+
 def _json(kind: type, what: str) -> Any:
     """An argparse type: JSON text holding a ``kind`` (a list or a dict), described as ``what`` in errors."""
 
@@ -493,15 +507,17 @@ def _parser() -> argparse.ArgumentParser:
                              "split seed (default: the checkpoint's)")
         command.set_defaults(run=run)
         solver = command.add_mutually_exclusive_group()
-        own = ("the checkpoint's sampling solver (mrcnf recipe: 4 rk4 steps; else its evaluation solver)"
+        own = ("the checkpoint's sampling solver (mrcnf recipe: 4 rk4 steps per level, 2 on the finest of three "
+               "levels; else its evaluation solver)"
                if name == "sample" else "the checkpoint's adaptive solver")
-        solver.add_argument("--steps", type=int, metavar="N",
+        solver.add_argument("--steps", type=_per_level(int, "a number of steps"), metavar="N[,N...]",
                             help=f"solve each CNF on a fixed grid of N rk4 steps (4N function evaluations per "
-                                 f"level) instead of {own}: fewer steps are faster, within the error "
-                                 f"docs/benchmarks.md measures")
-        solver.add_argument("--tolerance", type=float, metavar="TOL",
-                            help=f"solve each CNF adaptively at atol = rtol = TOL instead of {own} (the mrcnf "
-                                 f"recipe evaluates at 3e-3)")
+                                 f"level), or give one N per level, finest first, instead of {own}: fewer steps "
+                                 f"are faster, within the error docs/benchmarks.md measures")
+        solver.add_argument("--tolerance", type=_per_level(float, "a tolerance"), metavar="TOL[,TOL...]",
+                            help=f"solve each CNF adaptively at atol = rtol = TOL instead of {own}, or give one "
+                                 f"TOL per level, finest first (the mrcnf recipe evaluates at 3e-3, the coarsest "
+                                 f"of three levels at 1e-2)")
         if name == "sample":
             command.add_argument("--num", type=int, default=64)
             command.add_argument("--temperature", type=float, default=1.0)

@@ -217,6 +217,11 @@ def test_sample_and_evaluate_take_a_fixed_grid_or_a_tolerance(tmp_path, capsys, 
     monkeypatch.setattr(flowplug.cli, "cnf_settings", spy)
     assert main(["evaluate", checkpoint, "--tolerance", "1e-3"]) == 0
     assert json.loads(capsys.readouterr().out)["tolerance"] == 1e-3 and given == [{"steps": None, "tolerance": 1e-3}]
+    assert main(["evaluate", checkpoint, "--tolerance", "1e-3,1e-3,1e-2"]) == 0  # one per level, finest first
+    assert json.loads(capsys.readouterr().out)["tolerance"] == [1e-3, 1e-3, 1e-2]
+    assert given[-1] == {"steps": None, "tolerance": [1e-3, 1e-3, 1e-2]}
+    assert main(["evaluate", checkpoint, "--tolerance", "1e-3,1e-2"]) == 2
+    assert "2 values of tolerance given, one per level, but the model has 3 levels" in capsys.readouterr().err
     assert main(["sample", checkpoint, "--steps", "3", "--num", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
     assert main(["sample", checkpoint, "--steps", "0", "--out", str(tmp_path / "0.png")]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -95,6 +96,29 @@ def test_cnf_settings_sets_and_restores_every_cnfs_evaluation_trace_and_toleranc
                           ({"steps": 4, "method": "dopri5"}, "method must be a fixed-step method")):
         with pytest.raises(ValueError, match=match), cnf_settings(model, **kwargs):
             pass
+
+
+def test_cnf_settings_takes_one_tolerance_or_grid_per_level_of_a_multi_resolution_model():
+    model = tiny_model(levels=2)
+    per_level = [1e-3, 1e-2]
+    solvers = [level.single_cnf("a tolerance").eval_solver for level in model.levels]
+    with cnf_settings(model, tolerance=per_level):
+        assert [level.single_cnf("a tolerance").eval_solver for level in model.levels] == [
+            dataclasses.replace(solver, atol=tol, rtol=tol) for solver, tol in zip(solvers, per_level, strict=True)]
+    assert [level.single_cnf("a tolerance").eval_solver for level in model.levels] == solvers
+    for tolerances, match in (([1e-3] * 3, "3 values of tolerance given, one per level, but the model has 2 levels"),
+                              ([1e-3, 0.0], "tolerance must lie in")):
+        with pytest.raises(ValueError, match=match), cnf_settings(model, tolerance=tolerances):
+            pass
+    with cnf_settings(model, steps=[1, 3]), torch.no_grad():
+        model.sample_images(2)
+        assert [level.single_cnf("NFE").last_nfe for level in model.levels] == [4, 12]
+    with pytest.raises(ValueError, match="steps must be an integer"), cnf_settings(model, steps=[1, 0]):
+        pass
+    cnf = tiny_model().levels[0].single_cnf("a model without levels")
+    with pytest.raises(ValueError, match="but the model has no resolution levels"), \
+            cnf_settings(cnf, tolerance=[1e-3]):
+        pass
 
 
 def test_a_given_tolerance_or_grid_also_replaces_the_sampling_solver_until_the_block_ends():

@@ -95,6 +95,29 @@ def test_the_coarser_mrcnf_levels_take_the_recipes_narrower_nets():
     assert plan("mrcnf", flowplug.load_dataset("digits")).model["net_options"] == shared  # small images: one net
 
 
+def test_three_mrcnf_levels_evaluate_the_coarsest_and_sample_the_finest_by_the_rules():
+    stored = load_recipe("mrcnf")
+    evaluation, sampling = stored["model"]["eval_solver"], stored["model"]["sample_solver"]
+    coarsest, finest = stored["adapt"]["coarsest_evaluation"], stored["adapt"]["finest_sampling"]
+    fitted = plan("mrcnf", images((3, 32, 32), n=8))
+    assert fitted.model["levels"] == coarsest["min_levels"] == finest["min_levels"] == 3
+    loose = {**evaluation, "atol": coarsest["tolerance"], "rtol": coarsest["tolerance"]}
+    assert decided(fitted)["eval_solver"] == fitted.model["eval_solver"] == [evaluation, evaluation, loose]
+    fewer = {**sampling, "steps": finest["steps"]}
+    assert decided(fitted)["sample_solver"] == fitted.model["sample_solver"] == [fewer, sampling, sampling]
+    model = fitted.build()[0]
+    cnfs = [level.single_cnf("its solvers") for level in model.levels]
+    assert [m.eval_solver for m in cnfs] == [SolverSettings.coerce(s) for s in (evaluation, evaluation, loose)]
+    assert [m.sample_solver for m in cnfs] == [SolverSettings.coerce(s) for s in (fewer, sampling, sampling)]
+    for unchanged in (plan("mrcnf", images((1, 28, 28), n=8)),  # two levels
+                      plan("mrcnf", flowplug.load_dataset("digits")),  # three levels of images under 16 pixels
+                      plan("mrcnf", images((3, 32, 32), n=8), model={"levels": 2})):
+        assert not {"eval_solver", "sample_solver"} & set(decided(unchanged))
+        assert (unchanged.model["eval_solver"], unchanged.model["sample_solver"]) == (evaluation, sampling)
+    given = plan("mrcnf", images((3, 32, 32), n=8), model={"eval_solver": "bosh3", "sample_solver": None})
+    assert not {"eval_solver", "sample_solver"} & set(decided(given))
+
+
 def test_short_time_budgets_take_the_recipes_short_budget_settings():
     data = images((1, 28, 28), n=16)
     below = load_recipe("mrcnf")["adapt"]["short_budgets"]["below_minutes"]

@@ -41,7 +41,7 @@ from flowplug._checks import check_finite, check_floating, check_num_samples
 from flowplug.asinh import AsinhStretch
 from flowplug.bin_warp import EdgeBinWarp
 from flowplug.cnf import CNF, Guidance, ResODENet, without_log_det
-from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER
+from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, DEFAULT_TRAIN_SOLVER, SolverSettings
 from flowplug.condition import DEFAULT_EMBEDDING_DIM, ConditionEncoder, check_condition_options, spatial_features
 from flowplug.conditioning import ComposedFlow, run_forward, run_inverse
 from flowplug.distributions import StandardNormal
@@ -50,8 +50,8 @@ from flowplug.registry import build, get_component, register
 from flowplug.standardize import Standardize
 from flowplug.wavelet import haar_cascade, haar_pyramid, haar_reconstruct
 
-__all__ = ["CNF_OPTIONS", "DEFAULT_NET", "LEVEL_OPTIONS", "MRCNF", "NET_OPTIONS", "ResolutionLevel",
-           "default_level_spec", "net_options_of"]
+__all__ = ["CNF_OPTIONS", "DEFAULT_NET", "LEVEL_OPTIONS", "MRCNF", "NET_OPTIONS", "PER_LEVEL_SOLVERS",
+           "ResolutionLevel", "default_level_spec", "net_options_of"]
 
 LevelFlows = Sequence[Mapping[str, Any] | str | nn.Module]
 
@@ -194,6 +194,9 @@ CNF_OPTIONS = _keyword_options(CNF, ("net",))
 """Level options passed to each level's :class:`~flowplug.CNF` (its defaults apply, except the solvers)."""
 LEVEL_OPTIONS = ("cnfs_per_level", *NET_OPTIONS, *CNF_OPTIONS)
 """The level options of the default net (another ``net`` takes its own keyword parameters instead)."""
+PER_LEVEL_SOLVERS = ("train_solver", "eval_solver", "sample_solver")
+"""The level options that :class:`MRCNF` also takes as a list of one value per level (e.g. a looser evaluation
+tolerance on the coarsest level)."""
 
 
 def default_level_spec(
@@ -249,7 +252,10 @@ class MRCNF(FlowModel):
         **level_options: options of the default CNF levels (:data:`LEVEL_OPTIONS`): ``cnfs_per_level=1``,
             the nets' options (``hidden_channels``, ``num_blocks``, ``activation``, ...) and the CNFs' (``T``,
             ``divergence``, ``probe``, ``train_solver``, ``eval_solver``, ``adjoint``, ``kinetic_energy``,
-            ``jacobian_norm``, ...), with those classes' defaults; see :func:`default_level_spec`.
+            ``jacobian_norm``, ...), with those classes' defaults; see :func:`default_level_spec`. The solvers
+            (:data:`PER_LEVEL_SOLVERS`) may also be a list of one per level, numbered like ``level_flows`` (``None``
+            entries take the default), e.g. ``eval_solver=[tight, tight, loose]`` to evaluate the coarsest of three
+            levels at a looser tolerance.
         logit_alpha: the coarsest level's logit squeezes ``[0, 1]`` into ``[α, 1 − α]`` first.
         standardize: give every level a per-channel :class:`~flowplug.standardize.Standardize` (after the
             logit at the coarsest level), initialised by :meth:`initialize_from_data` or from the first
@@ -317,6 +323,11 @@ class MRCNF(FlowModel):
             raise ValueError(f"logit_alpha must lie in (0, 0.5), got {logit_alpha}")
         _check_level_options(level_options, net)
         per_level_net = _per_level_net_options(net_options, levels)
+        per_level_solvers = {
+            key: _per_level(level_options[key], levels, key, (Mapping, SolverSettings, str),
+                            "a solver (settings, their dict or a method name)")
+            for key in PER_LEVEL_SOLVERS if key in level_options
+        }
         channels = self.image_shape[0]
         if bin_warp is not None:
             self.bin_warp = EdgeBinWarp(**bin_warp)
@@ -331,7 +342,7 @@ class MRCNF(FlowModel):
             if given is None:
                 given = default_level_spec(shape[0], context_channels, net=net, net_options=per_level_net[s],
                                            condition_features=features,
-                                           **level_options)
+                                           **{**level_options, **{k: v[s] for k, v in per_level_solvers.items()}})
             flows = [build(item) if isinstance(item, (str, Mapping)) else item for item in given]
             preprocess = nf.transforms.Logit(alpha=logit_alpha) if s == levels - 1 else None
             if preprocess is None and detail_stretch is not None:  # issue 11: point masses of flat regions
@@ -685,6 +696,9 @@ class MRCNF(FlowModel):
         if config["level_flows"] is not None or level_flows is not None:
             old = config["level_flows"] or [None] * self.num_levels
             config["level_flows"] = [None if level_flows is None else list(level_flows), *old]
+        for key in PER_LEVEL_SOLVERS:
+            if isinstance(config.get(key), list):  # one per level: the new finest level takes the old finest's
+                config[key] = [copy.deepcopy(config[key][0]), *config[key]]
         old_options = config.get("net_options")
         if isinstance(old_options, list):  # one entry per level: the new finest level needs its own
             new = old_options[0] if net_options is None else dict(net_options)
@@ -702,22 +716,30 @@ class MRCNF(FlowModel):
         return grown
 
 
+def _per_level(value: Any, levels: int, name: str, kinds: tuple[type, ...] = (Mapping,),
+               what: str = "a dict") -> list[Any]:
+    """Option ``name`` of every level: one value of ``kinds`` (``what``) or ``None`` for all levels, or a list of
+    one such value (or ``None``) per level."""
+    if value is None or isinstance(value, kinds):
+        return [value] * levels
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be {what} or a list of one per level, got {value!r}")
+    if len(value) != levels:
+        raise ValueError(f"{name} must hold one entry per level ({levels}), got {len(value)}")
+    for item in value:
+        if item is not None and not isinstance(item, kinds):
+            raise TypeError(f"each level's {name} must be {what} or None, got {item!r}")
+    return list(value)
+
+
 def _per_level_net_options(
     net_options: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None, levels: int
 ) -> list[Mapping[str, Any] | None]:
     """``net_options`` of every level: one mapping for all levels, or a list of one (or ``None``) per level."""
-    if net_options is None or isinstance(net_options, Mapping):
-        return [net_options] * levels
-    if isinstance(net_options, str) or not isinstance(net_options, Sequence):
-        raise TypeError(f"net_options must be a dict or a list of one dict per level, got {net_options!r}")
-    if len(net_options) != levels:
-        raise ValueError(f"net_options must hold one entry per level ({levels}), got {len(net_options)}")
-    for item in net_options:
-        if item is not None and not isinstance(item, Mapping):
-            raise TypeError(f"each level's net_options must be a dict or None, got {item!r}")
-        if isinstance(item, Mapping) and "type" in item:
-            raise TypeError("net_options hold the net's keyword arguments; name the net type with net=...")
-    return list(net_options)
+    per_level = _per_level(net_options, levels, "net_options")
+    if any(isinstance(item, Mapping) and "type" in item for item in per_level):
+        raise TypeError("net_options hold the net's keyword arguments; name the net type with net=...")
+    return per_level
 
 
 def _check_level_options(options: Mapping[str, Any], net: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -42,25 +42,22 @@ def evaluation_inputs(data: ImageData, seed: int, dtype: torch.dtype = torch.flo
 
 
 @contextlib.contextmanager
-def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float | None = None,
-                 steps: int | None = None, method: str = "rk4") -> Iterator[None]:
+def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float | Sequence[float] | None = None,
+                 steps: int | Sequence[int] | None = None, method: str = "rk4") -> Iterator[None]:
     """Within the block, every CNF of ``model`` evaluates and samples with the ``trace`` divergence and/or its
     evaluation solver at ``atol = rtol = tolerance``, or on a fixed grid of ``steps`` equal steps of the
     fixed-step ``method`` over its ``[0, T]`` (``4 · steps`` function evaluations per solve with ``"rk4"``). A
-    ``tolerance`` or ``steps`` also replaces a CNF's ``sample_solver``: samples drawn without their log-density
-    then solve the same way. The settings are restored after."""
+    multi-resolution model (with ``levels``) also takes a list of one tolerance, or one number of steps, per level,
+    finest first. A ``tolerance`` or ``steps`` also replaces a CNF's ``sample_solver``: samples drawn without their
+    log-density then solve the same way. The settings are restored after."""
     if trace is not None and trace not in DIVERGENCES:
         raise ValueError(f"unknown trace {trace!r}; expected one of {DIVERGENCES}")
-    if tolerance is not None and (isinstance(tolerance, bool) or not 0 < tolerance < 1):
-        raise ValueError(f"tolerance must lie in (0, 1), got {tolerance!r}")
-    if steps is not None:
-        if tolerance is not None:
-            raise ValueError("give a tolerance (adaptive solver) or steps (fixed grid), not both")
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_ADAPTIVE_STEPS:
-            raise ValueError(f"steps must be an integer from 1 to {MAX_ADAPTIVE_STEPS}, got {steps!r}")
-        if method not in FIXED_STEP_METHODS:
-            raise ValueError(f"method must be a fixed-step method, one of {sorted(FIXED_STEP_METHODS)}, "
-                             f"got {method!r}")
+    if steps is not None and tolerance is not None:
+        raise ValueError("give a tolerance (adaptive solver) or steps (fixed grid), not both")
+    if steps is not None and method not in FIXED_STEP_METHODS:
+        raise ValueError(f"method must be a fixed-step method, one of {sorted(FIXED_STEP_METHODS)}, got {method!r}")
+    tolerances = _value_of_each_cnf(model, tolerance, "tolerance", _check_tolerance)
+    grids = _value_of_each_cnf(model, steps, "steps", _check_steps)
     cnfs = [m for m in model.modules() if isinstance(m, CNF)]
     saved = [(m.eval_divergence, m.eval_solver, m.sample_solver) for m in cnfs]
     for m in cnfs:
@@ -69,14 +66,42 @@ def cnf_settings(model: nn.Module, *, trace: str | None = None, tolerance: float
         if trace is not None:
             m.eval_divergence = trace
         if tolerance is not None:
-            m.eval_solver = dataclasses.replace(m.eval_solver, atol=tolerance, rtol=tolerance)
+            m.eval_solver = dataclasses.replace(m.eval_solver, atol=tolerances[id(m)], rtol=tolerances[id(m)])
         if steps is not None:
-            m.eval_solver = SolverSettings(method=method, steps=steps)
+            m.eval_solver = SolverSettings(method=method, steps=grids[id(m)])
     try:
         yield
     finally:
         for m, (divergence, solver, sample_solver) in zip(cnfs, saved, strict=True):
             m.eval_divergence, m.eval_solver, m.sample_solver = divergence, solver, sample_solver
+
+
+def _check_tolerance(tolerance: Any) -> None:
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must lie in (0, 1), got {tolerance!r}")
+
+
+def _check_steps(steps: Any) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_ADAPTIVE_STEPS:
+        raise ValueError(f"steps must be an integer from 1 to {MAX_ADAPTIVE_STEPS}, got {steps!r}")
+
+
+def _value_of_each_cnf(model: nn.Module, value: Any, name: str, check: Callable[[Any], None]) -> dict[int, Any]:
+    """``id(cnf) → value`` for every CNF of ``model``: one value for all, or a list of one per level of a
+    multi-resolution model (its CNFs are its levels'); each value passes ``check``."""
+    if value is None:
+        return {}
+    per_level = isinstance(value, Sequence) and not isinstance(value, str)
+    for item in value if per_level else [value]:
+        check(item)
+    if not per_level:
+        return {id(m): value for m in model.modules() if isinstance(m, CNF)}
+    levels = getattr(model, "levels", None)
+    if not isinstance(levels, nn.ModuleList) or len(levels) != len(value):
+        count = f"{len(levels)} levels" if isinstance(levels, nn.ModuleList) else "no resolution levels"
+        raise ValueError(f"{len(value)} values of {name} given, one per level, but the model has {count}")
+    return {id(m): item for level, item in zip(levels, value, strict=True)
+            for m in level.modules() if isinstance(m, CNF)}
 
 
 def level_terms(model: FlowModel, inputs: torch.Tensor, *, batch_size: int, device: torch.device,
@@ -109,7 +134,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
     trace: str | None = None,
-    tolerance: float | None = None,
+    tolerance: float | Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Mean BPD of ``model`` over all of ``data``: ``bpd``, ``per_level_bpd``, ``num_images`` and, for CNF
     models, ``nfe``, the mean function evaluations per batch (images of a batch share the adaptive steps, so it

@@ -1,4 +1,5 @@
-"""Per-level nets (``net``/``net_options``), the detail stretch in configs, and configs of older versions."""
+"""Per-level nets (``net``/``net_options``) and solvers, the detail stretch in configs, and configs of older
+versions."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 import flowplug
 from flowplug.cnf import ConvODENet, ResODENet
+from flowplug.cnf.solver import DEFAULT_EVAL_SOLVER, SolverSettings
 from flowplug.recipes import load_recipe, recipe
 from flowplug.train.checkpoint import Checkpoint, build_model
 
@@ -64,6 +66,36 @@ def test_net_options_per_level_and_the_config_rebuilds():
     assert [net.input.out_channels for net in _nets(shared)] == [8, 8]
 
 
+def _level_solvers(model, key):
+    return [getattr(level.single_cnf("its solver"), key) for level in model.levels]
+
+
+def test_solvers_per_level_drive_each_levels_solves_and_the_config_rebuilds():
+    grids = [{"method": "rk4", "steps": n} for n in (1, 2, 3)]
+    model = flowplug.MRCNF((1, 8, 8), levels=3, hidden_channels=8, num_blocks=1, train_solver=SOLVER,
+                           eval_solver=grids, sample_solver=[grids[2], None, grids[0]])
+    assert _level_solvers(model, "train_solver") == [SolverSettings.coerce(SOLVER)] * 3
+    assert _level_solvers(model, "sample_solver") == [SolverSettings.coerce(grids[2]), None,
+                                                      SolverSettings.coerce(grids[0])]
+    rebuilt = flowplug.build(model.config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():  # rk4 takes 4 evaluations a step
+        rebuilt.log_prob(torch.rand(2, 1, 8, 8))
+        assert [level.single_cnf("NFE").last_nfe for level in rebuilt.levels] == [4, 8, 12]
+        rebuilt.sample_images(2)  # the middle level has no sample solver: its evaluation solver
+        assert [level.single_cnf("NFE").last_nfe for level in rebuilt.levels] == [12, 8, 4]
+    defaults = flowplug.MRCNF((1, 8, 8), levels=2, hidden_channels=8, eval_solver=[None, "bosh3"])
+    assert _level_solvers(defaults, "eval_solver") == [DEFAULT_EVAL_SOLVER, SolverSettings("bosh3")]
+
+
+def test_a_grown_model_gives_its_new_level_the_old_finest_levels_solver():
+    tight, loose = {"method": "dopri5", "atol": 1e-3, "rtol": 1e-3}, {"method": "dopri5", "atol": 1e-2, "rtol": 1e-2}
+    model = flowplug.MRCNF((1, 4, 4), levels=2, hidden_channels=8, num_blocks=1, eval_solver=[tight, loose])
+    grown = model.grow()
+    assert grown.config["eval_solver"] == [tight, tight, loose]
+    assert _level_solvers(grown, "eval_solver") == [SolverSettings.coerce(s) for s in (tight, tight, loose)]
+
+
 def test_per_level_level_flows_through_build_keep_a_rebuildable_config():
     cnf = {"type": "cnf", "net": {"type": "res_odenet", "channels": 1, "hidden_channels": 8},
            "train_solver": SOLVER, "eval_solver": SOLVER}
@@ -81,6 +113,9 @@ def test_per_level_level_flows_through_build_keep_a_rebuildable_config():
         ({"net_options": [{"hidden_channels": 8}]}, ValueError, "one entry per level"),
         ({"net_options": [{"type": "res_odenet"}, None]}, TypeError, "net="),
         ({"net_options": "wide"}, TypeError, "net_options"),
+        ({"eval_solver": [SOLVER]}, ValueError, "eval_solver must hold one entry per level"),
+        ({"sample_solver": [SOLVER, 4]}, TypeError, "each level's sample_solver must be a solver"),
+        ({"train_solver": 4}, TypeError, "train_solver must be a solver"),
     ],
 )
 def test_bad_net_options(options, error, match):
