@@ -30,10 +30,10 @@ skipped.
 - ``finest_sampling``: an MRCNF of ``min_levels`` levels or more, on images of 16 pixels a side or more,
   samples its finest level on ``steps`` steps of the recipe's sampler (the others keep theirs). On three levels the
   finest level's tensor is four times the middle level's, so its steps cost the most, and in sampling it errs the
-  least: on the 10- and 60-minute CIFAR-10 models two steps there (four on the others) took 0.69–0.70× the time
-  of four everywhere, 3.2× Glow's instead of 4.6–4.7× on a 2-core Xeon, with a mean pixel error against dopri5
+  least: on the 10- and 60-minute CIFAR-10 models two steps there (four on the others) took 0.65–0.73× the time
+  of four everywhere, 3.5× Glow's instead of 4.9–5.2× on a 2-core Xeon, with a mean pixel error against dopri5
   1e-5's images from the same latents of 0.0031 and 0.0058 instead of 0.0026 and 0.0027 (the adaptive sampler
-  the recipe had before, dopri5 3e-3: 0.0057 on the 60-minute model); two steps everywhere 0.0090 and 0.0152.
+  the recipe had before, dopri5 3e-3: 0.0065 and 0.0057); two steps everywhere 0.0090 and 0.0152.
   Not for two levels: on the 28×28 MNIST and Fashion-MNIST models the finest level holds the strokes' edges and
   two steps there erred 0.0093 and 0.0094 against 0.0018 and 0.0043.
 - ``detail_stretch``: images with flat backgrounds — at least a quarter of the pixels in the lowest or highest
