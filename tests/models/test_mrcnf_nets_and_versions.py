@@ -118,7 +118,7 @@ def test_per_level_level_flows_through_build_keep_a_rebuildable_config():
         ({"train_solver": 4}, TypeError, "train_solver must be a solver"),
     ],
 )
-def test_bad_net_options(options, error, match):
+def test_bad_net_or_solver_options_name_the_problem(options, error, match):
     with pytest.raises(error, match=match):
         flowplug.MRCNF((1, 8, 8), levels=2, **options)
 
